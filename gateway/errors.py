@@ -1,0 +1,146 @@
+"""The gateway's one error tree, rendered into the Bifrost error envelope in one place (``envelope``).
+
+    GatewayError                       500 server_error         (our own failure; never a stack trace)
+    ├── ClientError                    400 invalid_request_error
+    │   ├── AuthenticationError        401
+    │   ├── NotFound                   404
+    │   ├── MethodNotAllowed           405 (keeps the Allow header)
+    │   ├── PayloadTooLarge            413
+    │   └── UnsupportedMediaType       415
+    ├── Overloaded                     503 (queue full with drop_excess_requests, no eligible key)
+    ├── NotImplementedYet              501
+    └── UpstreamError                  the provider's own status, type, code, message, param
+        ├── UpstreamUnavailable        502 (connection refused/reset, empty or non-JSON body)
+        └── UpstreamTimeout            504
+
+``is_bifrost_error`` is true for errors the gateway raised itself and false for errors relayed from a
+provider, as upstream Bifrost does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class GatewayError(Exception):
+    status: int = 500
+    error_type: str = "server_error"
+    bifrost_error: bool = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if error_type is not None:
+            self.error_type = error_type
+        self.code = code
+        self.param = param
+        self.provider = provider
+        self.model = model
+        self.headers: dict[str, str] = dict(headers or {})
+        self.extra: dict[str, Any] = dict(extra or {})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.status}, {self.message!r})"
+
+
+class ClientError(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class AuthenticationError(ClientError):
+    status = 401
+    error_type = "authentication_error"
+
+
+class NotFound(ClientError):
+    status = 404
+    error_type = "not_found_error"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+
+
+class Overloaded(GatewayError):
+    status = 503
+    error_type = "service_unavailable"
+
+
+class NotImplementedYet(GatewayError):
+    status = 501
+    error_type = "not_implemented"
+
+
+class UpstreamError(GatewayError):
+    """An error that came from (or on the way to) a provider. Keeps the provider's own fields."""
+
+    status = 502
+    error_type = "api_error"
+    bifrost_error = False
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRYABLE_STATUSES
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 502
+    error_type = "upstream_unavailable"
+    bifrost_error = True
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    error_type = "upstream_timeout"
+    bifrost_error = True
+
+
+def envelope(err: GatewayError, *, request_type: str | None = "transcription") -> dict[str, Any]:
+    """The Bifrost error body for ``err`` (BifrostError in the contract)."""
+    error: dict[str, Any] = {"type": err.error_type, "message": err.message}
+    if err.code is not None:
+        error["code"] = err.code
+    if err.param is not None:
+        error["param"] = err.param
+    extra: dict[str, Any] = {}
+    if err.provider is not None:
+        extra["provider"] = err.provider
+    if err.model is not None:
+        extra["model_requested"] = err.model
+    if request_type is not None:
+        extra["request_type"] = request_type
+    extra.update(err.extra)
+    body: dict[str, Any] = {
+        "is_bifrost_error": err.bifrost_error,
+        "status_code": err.status,
+        "error": error,
+    }
+    if extra:
+        body["extra_fields"] = extra
+    return body
