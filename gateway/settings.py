@@ -96,6 +96,11 @@ class ProviderConfig:
     is_key_less: bool = False
     send_back_raw_request: bool = False
     send_back_raw_response: bool = False
+    store_raw_request_response: bool = False  # accepted from upstream files; nothing stores raw bodies yet
+    # custom_provider_config.request_path_overrides: request type ("transcription", ...) -> path on base_url
+    request_path_overrides: Mapping[str, str] = field(default_factory=_frozen)
+    # custom_provider_config.allowed_requests, the request types set true; None = every type (upstream default)
+    allowed_requests: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +119,7 @@ class ServerConfig:
     port: int = 8080
     workers: int = 1
     log_level: str = "info"
+    spec_dir: str | None = None  # `serve --spec-dir`: a directory holding the OpenAPI document; None = bundled
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,3 +128,5 @@ class GatewayConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     ignored_sections: tuple[str, ...] = ()  # upstream sections accepted but not used here
+    # upstream settings that would change behaviour but have no effect here (insecure_skip_verify, proxy_config ...)
+    unsupported_fields: tuple[str, ...] = ()
