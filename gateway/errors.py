@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+_CLIENT_HEADERS = frozenset({"allow", "retry-after"})
 
 
 class GatewayError(Exception):
@@ -58,6 +59,10 @@ class GatewayError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.status}, {self.message!r})"
+
+    def headers_for_client(self) -> dict[str, str]:
+        """The headers worth passing on: Allow on 405, Retry-After on 429/503."""
+        return {k: v for k, v in self.headers.items() if k.lower() in _CLIENT_HEADERS}
 
 
 class ClientError(GatewayError):

@@ -1,0 +1,164 @@
+"""The app factory: contract + config -> a Connexion AsyncApp whose every operationId has a handler.
+
+    create_app(config)                         app_factory()  (uvicorn --factory; reads the environment)
+      ├── spec.load_contract()                 the 3.1 document + our overlay: the served contract
+      ├── spec.to_connexion(contract)          what Connexion 3.3 can validate
+      ├── handlers.operations(gateway)         operationId -> function; a missing one stops the start
+      ├── multipart.make_validator_map(...)    one-pass multipart validation with size limits
+      ├── validation.validator_map(...)        compiled response validators (JSON, text, SSE)
+      └── error handlers                       every error -> the Bifrost envelope
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from connexion import AsyncApp
+from connexion.exceptions import NonConformingResponse, ProblemException
+from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from connexion.middleware import ConnexionMiddleware
+from connexion.options import SwaggerUIOptions
+from connexion.resolver import Resolver
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+import handlers
+from gateway import spec
+from gateway.errors import (
+    ClientError,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    UnsupportedMediaType,
+    envelope,
+)
+from gateway.multipart import UploadLimits, make_validator_map
+from gateway.service import Gateway
+from gateway.settings import GatewayConfig
+from gateway.validation import validator_map
+
+log = logging.getLogger("bifrost_stt")
+
+
+class ContractEndpoint:
+    """Serves the merged 3.1 contract at /openapi.json from bytes computed once."""
+
+    def __init__(self, app: ASGIApp, *, body: bytes) -> None:
+        self.app = app
+        self.body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/openapi.json" and scope["method"] in ("GET", "HEAD"):
+            await send({
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())],
+            })
+            await send({"type": "http.response.body", "body": self.body if scope["method"] == "GET" else b""})
+            return
+        await self.app(scope, receive, send)
+
+
+def missing_handlers(contract: Mapping[str, Any], table: Mapping[str, Any]) -> list[str]:
+    """operationIds in the contract that no handler serves."""
+    return sorted({op for _, _, op in spec.operations(dict(contract))} - set(table))
+
+
+def _as_gateway_error(exc: Exception) -> GatewayError:
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, NonConformingResponse):
+        log.error("response broke the contract: %s", exc.detail)
+        return GatewayError(f"the gateway produced a response that breaks the contract: {exc.detail}")
+    if isinstance(exc, ProblemException):
+        message = str(exc.detail or exc.title or "bad request")
+        headers = dict(exc.headers or {})
+        if exc.status == 415:
+            return UnsupportedMediaType(message, headers=headers)
+        if exc.status == 404:
+            return NotFound(message, headers=headers)
+        if 400 <= exc.status < 500:
+            return ClientError(message, status=exc.status, headers=headers)
+        return GatewayError(message, status=exc.status, headers=headers)
+    if isinstance(exc, HTTPException):
+        headers = dict(exc.headers or {})
+        if exc.status_code == 404:
+            return NotFound("no operation at this path; see /openapi.json for the contract")
+        if exc.status_code == 405:
+            allow = headers.get("Allow") or headers.get("allow") or ""
+            return MethodNotAllowed(f"method not allowed; this path accepts {allow or 'other methods'}",
+                                    headers={"Allow": allow} if allow else None)
+        if 400 <= exc.status_code < 500:
+            return ClientError(str(exc.detail), status=exc.status_code, headers=headers)
+        return GatewayError(str(exc.detail), status=exc.status_code)
+    log.error("unhandled error", exc_info=exc)
+    return GatewayError("internal error in the gateway; the details are in its log")
+
+
+def render_error(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    """The one place an error becomes an HTTP response."""
+    err = _as_gateway_error(exc)
+    return ConnexionResponse(
+        status_code=err.status,
+        mimetype="application/json",
+        content_type="application/json",
+        body=orjson.dumps(envelope(err)),
+        headers=err.headers_for_client(),
+    )
+
+
+def create_app(
+    config: GatewayConfig,
+    *,
+    contract: dict[str, Any] | None = None,
+) -> AsyncApp:
+    contract = contract if contract is not None else spec.load_contract()
+    gateway = Gateway(config)
+    table = handlers.operations(gateway)
+    missing = missing_handlers(contract, table)
+    if missing:
+        raise RuntimeError(f"operations in the contract without a handler: {', '.join(missing)}")
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.aclose()
+
+    limits = UploadLimits(
+        max_body_bytes=config.client.max_request_body_size_mb * 1024 * 1024,
+        spool_threshold_bytes=config.client.spool_threshold_kb * 1024,
+        reject_non_audio=config.client.reject_non_audio,
+    )
+    contract_body = orjson.dumps(contract)
+    middlewares = list(ConnexionMiddleware.default_middlewares)
+    middlewares.insert(2, functools.partial(ContractEndpoint, body=contract_body))
+    swagger = SwaggerUIOptions(serve_spec=False, swagger_ui=True, swagger_ui_path="/docs", spec_path="/openapi.json")
+    app = AsyncApp(__name__, lifespan=lifespan, middlewares=middlewares, swagger_ui_options=swagger)
+    app.add_api(
+        spec.to_connexion(contract),
+        resolver=Resolver(function_resolver=table.__getitem__),
+        validate_responses=True,
+        strict_validation=False,
+        validator_map=validator_map(make_validator_map(limits)["body"]),
+        swagger_ui_options=swagger,
+    )
+    for exc_class in (GatewayError, ProblemException, HTTPException, Exception):
+        app.add_error_handler(exc_class, render_error)
+    app.gateway = gateway  # type: ignore[attr-defined]  # for tests and embedding
+    return app
+
+
+def app_factory() -> AsyncApp:
+    """Entry point for ``uvicorn --factory`` and the CLI's workers: config from the environment."""
+    from gateway.config import config_from_environ
+
+    return create_app(config_from_environ(os.environ))

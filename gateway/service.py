@@ -1,0 +1,68 @@
+"""The running gateway: providers built from the registry, their pooled clients, and the router.
+
+Clients are created in ``start()`` (from the app's lifespan) because the aiohttp engine behind them must be
+born inside the running event loop, and closed in ``aclose()`` on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gateway.errors import Overloaded
+from gateway.router import ProviderSlot, Router
+from gateway.settings import GatewayConfig
+from providers import registry
+from providers.http import make_client
+
+log = logging.getLogger("bifrost_stt")
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._router: Router | None = None
+        self._clients: list[Any] = []
+
+    @property
+    def known_providers(self) -> frozenset[str]:
+        """Provider ids a model prefix may name: every registry kind and every configured name."""
+        return registry.known() | frozenset(self.config.providers)
+
+    @property
+    def configured(self) -> frozenset[str]:
+        return frozenset(self.config.providers)
+
+    def kind_of(self, provider: str) -> str:
+        cfg = self.config.providers.get(provider)
+        return cfg.kind if cfg else provider
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            raise Overloaded("the gateway is starting; retry in a moment")
+        return self._router
+
+    async def start(self) -> None:
+        slots: dict[str, ProviderSlot] = {}
+        for provider_id, cfg in self.config.providers.items():
+            client = make_client(cfg)
+            self._clients.append(client)
+            impl = registry.build(cfg, client)
+            slots[provider_id] = ProviderSlot(cfg, impl, drop_excess=self.config.client.drop_excess_requests)
+        self._router = Router(slots)
+        if self.config.ignored_sections:
+            log.warning(
+                "config sections accepted but not used by this gateway: %s",
+                ", ".join(self.config.ignored_sections),
+            )
+        log.info("providers ready: %s", ", ".join(sorted(slots)) or "none (configure one: see README)")
+
+    async def aclose(self) -> None:
+        clients, self._clients = self._clients, []
+        for client in clients:
+            try:
+                await client.aclose()
+            except Exception:  # shutting down: a close failure must not hide the others
+                log.exception("closing an upstream client failed")
+        self._router = None

@@ -1,0 +1,100 @@
+"""HTTP in: the validated form of a request -> a canonical TranscriptionRequest."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.canonical import AudioSource, TranscriptionRequest
+from gateway.errors import ClientError
+from gateway.models import resolve_model
+from gateway.multipart import ParsedForm
+from gateway.service import Gateway
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How one operation reads its request."""
+
+    default_provider: str | None  # provider for a bare model; None: "provider/model" is required
+    text_as_plain: bool  # text/srt/vtt answered as text/plain (integration routes) or wrapped in JSON
+    direct_key_header: str = "authorization"
+
+
+UNIFIED = Route(default_provider=None, text_as_plain=False)
+INTEGRATION = Route(default_provider="openai", text_as_plain=True)
+AZURE = Route(default_provider="azure", text_as_plain=True, direct_key_header="api-key")
+
+
+def _direct_key(headers: Mapping[str, str], route: Route) -> str | None:
+    value = headers.get(route.direct_key_header)
+    if value is None and route.direct_key_header != "authorization":
+        value = headers.get("authorization")
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    if token and scheme.lower() == "bearer":
+        return token.strip() or None
+    return value.strip() if route.direct_key_header != "authorization" else None
+
+
+def _text(fields: Mapping[str, Any], name: str) -> str | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    if isinstance(value, list):
+        value = value[-1] if value else None
+    return None if value is None else str(value)
+
+
+def build_request(
+    gateway: Gateway,
+    form: ParsedForm,
+    headers: Mapping[str, str],
+    route: Route,
+    *,
+    deployment: str | None = None,
+) -> tuple[TranscriptionRequest, str]:
+    """Return the canonical request and the model as the client named it (for x-bifrost-original-model)."""
+    fields = form.fields
+    audio: AudioSource | None = form.files.get("file")
+    if audio is None:
+        raise ClientError("file is required", param="file")
+    model = _text(fields, "model") or ""
+    known, configured = gateway.known_providers, gateway.configured
+    if deployment is not None:
+        # Azure route: the deployment in the path wins over the form's model.
+        original = deployment
+        provider, name = resolve_model(
+            f"azure/{deployment}", known=known, configured=configured, default_provider="azure"
+        )
+    else:
+        original = model
+        provider, name = resolve_model(
+            model, known=known, configured=configured, default_provider=route.default_provider
+        )
+    fallbacks = []
+    for raw in fields.get("fallbacks") or []:
+        fb_provider, fb_model = resolve_model(
+            str(raw), known=known, configured=known, default_provider=route.default_provider, param="fallbacks"
+        )
+        fallbacks.append(f"{fb_provider}/{fb_model}")
+    temperature = fields.get("temperature")
+    granularities = fields.get("timestamp_granularities") or []
+    request = TranscriptionRequest(
+        provider=provider,
+        model=name,
+        audio=audio,
+        language=_text(fields, "language"),
+        prompt=_text(fields, "prompt"),
+        response_format=_text(fields, "response_format") or "json",
+        temperature=float(temperature) if temperature is not None else None,
+        timestamp_granularities=tuple(dict.fromkeys(str(g) for g in granularities)),
+        stream=bool(fields.get("stream") or False),
+        file_format=_text(fields, "file_format"),
+        fallbacks=tuple(fallbacks),
+        extra=tuple(form.extra),
+        direct_key=_direct_key(headers, route),
+    )
+    return request, original

@@ -1,0 +1,121 @@
+"""One function per transcription operationId: validated form -> canonical request -> router -> response."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from connexion import context
+from starlette.responses import Response
+
+from gateway.errors import ClientError
+from gateway.multipart import parsed_form
+from gateway.service import Gateway
+from handlers import outbound
+from handlers.inbound import AZURE, INTEGRATION, UNIFIED, Route, build_request
+
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready."""
+
+
+async def _until_disconnect() -> None:
+    receive = context.receive
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def cancel_on_disconnect(work: Awaitable[T]) -> T:
+    """Run ``work`` but cancel it (and so the upstream call) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise ClientGone()
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+
+
+class TranscriptionHandlers:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def _serve(self, route: Route, *, deployment: str | None = None) -> Response:
+        scope = context.scope
+        form = parsed_form(scope)
+        if form is None:
+            raise ClientError("the request body must be multipart/form-data with a file part")
+        try:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            request, original = build_request(self.gateway, form, headers, route, deployment=deployment)
+            router = self.gateway.router
+            kind = self.gateway.kind_of
+            if request.stream:
+                events, served = await cancel_on_disconnect(router.stream(request))
+                slot = router.slots[served.provider]
+                return outbound.stream_response(
+                    events,
+                    served,
+                    kind=kind(served.provider),
+                    idle_timeout=slot.config.network.stream_idle_timeout_in_seconds,
+                    original_model=original,
+                )
+            result, served = await cancel_on_disconnect(router.transcribe(request))
+            return outbound.result_response(
+                result,
+                served,
+                kind=kind(served.provider),
+                response_format=request.response_format,
+                granularities=request.timestamp_granularities,
+                original_model=original,
+                text_as_plain=route.text_as_plain,
+            )
+        except ClientGone:
+            return Response(status_code=499)
+        finally:
+            # A native stream has sent the whole upload before its first event; the gateway's own
+            # stream has finished transcribing: the spooled audio is no longer needed either way.
+            form.close()
+
+    async def create_transcription(self) -> Response:
+        return await self._serve(UNIFIED)
+
+    async def openai_create_transcription(self) -> Response:
+        return await self._serve(INTEGRATION)
+
+    async def azure_create_transcription(self) -> Response:
+        deployment = context.scope.get("path_params", {}).get("deployment-id")
+        if deployment is None:
+            deployment = _path_segment_after(context.scope.get("path", ""), "deployments")
+        return await self._serve(AZURE, deployment=deployment)
+
+    def operations(self) -> dict[str, Callable[..., Awaitable[Any]]]:
+        integration = self.openai_create_transcription
+        return {
+            "createTranscription": self.create_transcription,
+            "openaiCreateTranscription": integration,
+            "openaiCreateTranscriptionAlias": integration,
+            "azureCreateTranscription": self.azure_create_transcription,
+            "litellmOpenAITranscriptions": integration,
+            "langchainOpenAITranscriptions": integration,
+            "pydanticaiOpenAITranscriptions": integration,
+        }
+
+
+def _path_segment_after(path: str, marker: str) -> str | None:
+    parts = path.split("/")
+    if marker in parts:
+        i = parts.index(marker)
+        if i + 1 < len(parts):
+            return parts[i + 1]
+    return None
