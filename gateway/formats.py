@@ -18,6 +18,7 @@ Subtitle decisions (kept in the constants below):
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -193,6 +194,7 @@ def _verbose_json_body(result: TranscriptionResult, granularities: Sequence[str]
 # --- display width and wrapping -------------------------------------------------------------------
 
 
+@functools.cache
 def _char_width(c: str) -> int:
     if unicodedata.category(c) in ("Mn", "Me", "Cf"):  # combining marks, ZWJ, direction marks
         return 0
@@ -201,7 +203,7 @@ def _char_width(c: str) -> int:
 
 def width(text: str) -> int:
     """Display columns: what a subtitle line's length means to a reader, not bytes or code points."""
-    return sum(_char_width(c) for c in text)
+    return len(text) if text.isascii() else sum(map(_char_width, text))
 
 
 def _clusters(token: str) -> list[str]:
@@ -233,27 +235,34 @@ def _join(units: Sequence[tuple[str, str]]) -> str:
     return "".join(sep + piece for sep, piece in units).lstrip(" ")
 
 
-def _balance(units: list[tuple[str, str]]) -> list[str]:
-    """Two lines with the most even widths (fewer ragged cues than a greedy fill)."""
-    if width(_join(units)) <= LINE_WIDTH:
+def _balance(units: list[tuple[str, str]], widths: list[int]) -> list[str]:
+    """Two lines (MAX_LINES) with the most even widths: fewer ragged cues than a greedy fill."""
+    total = sum(widths) + sum(len(sep) for sep, _ in units[1:])
+    if total <= LINE_WIDTH:
         return [_join(units)]
-    splits = [(units[:k], units[k:]) for k in range(1, len(units))]
-    a, b = min(splits, key=lambda ab: max(width(_join(ab[0])), width(_join(ab[1]))))
-    return [_join(a), _join(b)]
+    best, best_k, left = total, 1, 0
+    for k in range(1, len(units)):
+        left += widths[k - 1] + (len(units[k - 1][0]) if k > 1 else 0)
+        worst = max(left, total - left - len(units[k][0]))
+        if worst < best:
+            best, best_k = worst, k
+    return [_join(units[:best_k]), _join(units[best_k:])]
 
 
 def wrap(text: str) -> list[list[str]]:
     """Text as cues' line lists: lines of at most LINE_WIDTH columns, at most MAX_LINES per cue."""
-    lines: list[list[tuple[str, str]]] = []
-    for unit in _units(text.replace("-->", "->")):
-        if lines and width(_join([*lines[-1], unit])) <= LINE_WIDTH:
-            lines[-1].append(unit)
+    units = _units(text.replace("-->", "->"))
+    widths = [width(piece) for _, piece in units]
+    starts: list[int] = []  # index of each line's first unit (greedy fill)
+    used = 0
+    for i, (sep, _) in enumerate(units):
+        if starts and used + len(sep) + widths[i] <= LINE_WIDTH:
+            used += len(sep) + widths[i]
         else:
-            lines.append([unit])
-    return [
-        _balance([u for line in lines[i : i + MAX_LINES] for u in line])
-        for i in range(0, len(lines), MAX_LINES)
-    ]
+            starts.append(i)
+            used = widths[i]
+    bounds = [*starts[::MAX_LINES], len(units)]
+    return [_balance(units[a:b], widths[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
 def _timed_cues(start: float, end: float, text: str) -> list[Cue]:
@@ -261,7 +270,8 @@ def _timed_cues(start: float, end: float, text: str) -> list[Cue]:
     chunks = wrap(text)
     end = max(end, start)
     weights = [max(1, sum(width(line) for line in chunk)) for chunk in chunks]
-    total, done, cues = sum(weights), 0, []
+    total, done = sum(weights), 0
+    cues: list[Cue] = []
     for chunk, weight in zip(chunks, weights, strict=True):
         a = start + (end - start) * done / total
         done += weight
@@ -294,7 +304,7 @@ def _word_groups(words: Sequence[Word]) -> list[tuple[float, float, str]]:
                 text.rstrip("\"'”’»)")[-1:] in tuple(_SENTENCE_END)
                 or w.start - end > MAX_PAUSE
                 or w.end - start > MAX_CUE_SECONDS
-                or len(wrap(joined)) > 1
+                or (width(joined) > LINE_WIDTH and len(wrap(joined)) > 1)
             ):
                 groups.append((start, end, text))
                 text = ""
@@ -311,7 +321,7 @@ def build_cues(result: TranscriptionResult) -> list[Cue]:
     """Subtitle cues from segments, else words, else one untimed cue spanning the known duration."""
     if result.segments:
         spans = [(s.start, s.end, s.text) for s in result.segments]
-    elif result.words:
+    elif result.words and any(w.word.strip() for w in result.words):
         spans = _word_groups(result.words)
     else:
         spans = [(0.0, result.duration or 0.0, result.text)]

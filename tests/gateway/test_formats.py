@@ -50,7 +50,8 @@ def check_golden(name: str, actual: dict[str, Any] | str) -> None:
         path.write_text(text, encoding="utf-8", newline="")
         return
     assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
-    assert text == path.read_text(encoding="utf-8", newline="")
+    with path.open(encoding="utf-8", newline="") as f:  # newline="": a stray \r must show
+        assert text == f.read()
 
 
 USAGE = Usage(type="tokens", input_tokens=120, output_tokens=30, total_tokens=150, audio_tokens=110, text_tokens=10)
@@ -288,3 +289,8 @@ def test_synthesize_stream_concatenates_to_text(text: str, cuts: list[int]) -> N
     segments = tuple(Segment(i, 0, 0, text[a:b]) for i, (a, b) in enumerate(zip(bounds, bounds[1:])))
     for result in (TranscriptionResult(text=text, segments=segments), TranscriptionResult(text=text)):
         assert "".join(_deltas(result)) == text
+
+
+def test_blank_words_fall_back_to_the_text() -> None:
+    result = TranscriptionResult(text="hi there", duration=2.0, words=(Word(" ", 0, 1),))
+    assert render(result, "srt") == "1\n00:00:00,000 --> 00:00:02,000\nhi there\n\n"
