@@ -1,0 +1,550 @@
+"""One-pass ``multipart/form-data`` request-body validator for Connexion.
+
+Why: Connexion's stock form validator keeps every raw body message, parses the form twice (once to
+validate, once for the handler), compiles the JSON schema on every request, joins repeated fields with
+commas, lets the SDK's ``name[]`` fields bypass validation, and answers malformed multipart with 500
+(BEHAVIOUR.md §6, §8). This validator reads the body once as it arrives, spools large files to an unlinked
+temporary file, validates the coerced fields with a ``jsonschema_rs`` validator compiled once per schema,
+and hands the result to the handler through the ASGI scope::
+
+    client --multipart--> MultipartFormValidator.wrap_receive --(empty body, scope[extensions])--> handler
+                             parse (python_multipart callbacks)        parsed_form(connexion.context.scope)
+                             spool files, sniff, coerce, validate
+
+Wiring: ``connexion.AsyncApp(..., validator_map=make_validator_map(limits))``. Every error raised here is a
+``gateway.errors.GatewayError`` so the one error handler renders it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema_rs
+from connexion.datastructures import MediaTypeDict
+from connexion.validators import VALIDATOR_MAP, AbstractRequestBodyValidator
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from starlette.datastructures import Headers
+from starlette.types import Message, Receive, Scope
+
+from gateway import sniff
+from gateway.canonical import AudioSource, BytesAudio, FileAudio
+from gateway.errors import ClientError, GatewayError, PayloadTooLarge
+
+SCOPE_KEY = "bifrost.form"
+"""Key under ``scope["extensions"]`` where the validator leaves the ``ParsedForm``."""
+
+PARSED_CONTENT_TYPE = b"application/x-bifrost-parsed-form"
+"""What the downstream scope says instead of multipart: Starlette's ``Request.form()`` ignores it."""
+
+HEAD_BYTES = 64
+FILE_PLACEHOLDER = ""  # stands in for a file during schema validation, so ``format: binary`` strings pass
+_TRUE, _FALSE = frozenset({"true", "1"}), frozenset({"false", "0"})
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    """Bounds on one upload. ``max_text_part_bytes`` and ``max_parts`` guard against form bombs."""
+
+    max_body_bytes: int
+    spool_threshold_bytes: int
+    reject_non_audio: bool
+    max_text_part_bytes: int = 1 << 20
+    max_parts: int = 1000
+    spool_dir: str | None = None  # None: the platform's temporary directory
+
+
+@dataclass(eq=False)
+class ParsedForm:
+    """The validated form. ``close()`` releases the files; it also runs when the form is garbage collected.
+
+    Close files through ``close()`` only: closing one ``FileAudio`` twice could close a reused descriptor.
+    """
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    extra: list[tuple[str, str]] = field(default_factory=list)
+    files: dict[str, AudioSource] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._finalizer = weakref.finalize(self, _close_all, self.files)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _close_all(files: Mapping[str, AudioSource]) -> None:
+    for source in files.values():
+        source.close()
+
+
+def parsed_form(scope: Scope) -> ParsedForm | None:
+    """The form the validator stored for this request (``connexion.context.scope`` or ``request.scope``)."""
+    form = scope.get("extensions", {}).get(SCOPE_KEY)
+    return form if isinstance(form, ParsedForm) else None
+
+
+def make_validator_map(limits: UploadLimits) -> dict[str, Any]:
+    """Connexion's default validator map with ``multipart/form-data`` bodies handled by this module.
+
+    Connexion instantiates validators itself with fixed keyword arguments, so the limits (and the compiled
+    schema cache, shared by every request of the app) are bound on a subclass made here.
+    """
+    bound = type(
+        "BoundMultipartFormValidator",
+        (MultipartFormValidator,),
+        {"limits": limits, "plans": _PlanCache()},
+    )
+    validator_map = dict(VALIDATOR_MAP)
+    body = MediaTypeDict(VALIDATOR_MAP["body"])
+    body["multipart/form-data"] = bound
+    validator_map["body"] = body
+    return validator_map
+
+
+# --- schema plan: how to coerce and validate one operation's form, computed once per schema ---------
+
+
+@dataclass(frozen=True, slots=True)
+class _Prop:
+    kind: str  # binary | boolean | integer | number | string | object | array
+    items: str = "string"  # item kind when kind == "array"
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    props: Mapping[str, _Prop]
+    validator: Any  # a compiled jsonschema_rs validator
+
+
+class _PlanCache:
+    """Compiled plans by schema identity. Connexion hands the same schema dict to every request of an
+    operation (validators themselves are created per request), so identity hits after the first request;
+    the schema is kept referenced so its id cannot be reused."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[dict[str, Any], _Plan]] = {}
+
+    def get(self, schema: dict[str, Any]) -> _Plan:
+        hit = self._by_id.get(id(schema))
+        if hit is not None and hit[0] is schema:
+            return hit[1]
+        plan = _compile(schema)
+        if len(self._by_id) >= 1024:  # a Connexion that rebuilt schemas per request must not grow this forever
+            self._by_id.clear()
+        self._by_id[id(schema)] = (schema, plan)
+        return plan
+
+
+def _compile(schema: dict[str, Any]) -> _Plan:
+    props: dict[str, _Prop] = {}
+    for part in [schema, *schema.get("allOf", [])]:
+        for name, sub in part.get("properties", {}).items():
+            kind = _kind(sub)
+            props[name] = _Prop(kind, _kind(sub.get("items", {})) if kind == "array" else "string")
+    try:
+        validator = jsonschema_rs.Draft4Validator(schema)
+    except Exception as exc:  # a broken contract is our failure, not the client's
+        raise GatewayError(f"request body schema does not compile: {exc}") from exc
+    return _Plan(props, validator)
+
+
+def _kind(schema: Mapping[str, Any]) -> str:
+    for sub in [schema, *schema.get("allOf", []), *schema.get("oneOf", []), *schema.get("anyOf", [])]:
+        kind = sub.get("type")
+        if kind == "string" and sub.get("format") == "binary":
+            return "binary"
+        if isinstance(kind, str):
+            return kind
+    return "string"
+
+
+# --- coercion and error messages ---------------------------------------------------------------------
+
+
+def _coerce_scalar(value: str, kind: str) -> Any:
+    """Form text to the schema's type; left as text when it does not parse so validation names the field."""
+    if kind == "boolean":
+        low = value.strip().lower()
+        return True if low in _TRUE else False if low in _FALSE else value
+    if kind == "integer":
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    if kind == "number":
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return number if math.isfinite(number) else value
+    if kind == "object" and value.lstrip().startswith("{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _coerce(name: str, values: list[str], prop: _Prop) -> Any:
+    if prop.kind != "array":
+        if len(values) > 1:
+            raise ClientError(f"{name} must be sent only once", param=name)
+        return _coerce_scalar(values[0], prop.kind)
+    if len(values) == 1 and prop.items == "string" and values[0].lstrip().startswith("["):
+        try:
+            decoded = json.loads(values[0])
+        except ValueError:
+            raise ClientError(f"{name} is not a valid JSON array", param=name) from None
+        if isinstance(decoded, list):
+            return decoded  # item types are checked by the schema
+    return [_coerce_scalar(value, prop.items) for value in values]
+
+
+def _schema_error(error: Any) -> ClientError:
+    """A client error in upstream's words ("model is required") naming the field as ``param``."""
+    kind = error.kind.as_dict()
+    path = list(error.instance_path)
+    if isinstance(error.kind, jsonschema_rs.ValidationErrorKind.Required) and not path:
+        name = str(kind.get("property"))
+        return ClientError(f"{name} is required", param=name)
+    param = str(path[0]) if path else None
+    where = param if param is not None else "request body"
+    if isinstance(error.kind, jsonschema_rs.ValidationErrorKind.Enum):
+        allowed = ", ".join(str(option) for option in kind.get("options", []))
+        return ClientError(f"invalid {where} {error.instance!r}: must be one of {allowed}", param=param)
+    if isinstance(error.kind, jsonschema_rs.ValidationErrorKind.Type):
+        types = " or ".join(str(t) for t in kind.get("types", []))
+        return ClientError(f"{where} must be of type {types}, got {error.instance!r}", param=param)
+    return ClientError(f"invalid {where}: {error.message}", param=param)
+
+
+# --- the streaming reader ------------------------------------------------------------------------------
+
+
+class _Spool:
+    """A file part being received: in memory up to the threshold, then in an unlinked temporary file."""
+
+    def __init__(self, threshold: int, spool_dir: str | None) -> None:
+        self._threshold = threshold
+        self._dir = spool_dir
+        self._buffer = bytearray()
+        self.fd = -1
+        self.size = 0
+        self.head = b""
+
+    def write(self, chunk: memoryview) -> None:
+        if len(self.head) < HEAD_BYTES:
+            self.head += bytes(chunk[: HEAD_BYTES - len(self.head)])
+        if self.fd < 0 and self.size + len(chunk) > self._threshold:
+            fd, path = tempfile.mkstemp(prefix="bifrost-upload-", dir=self._dir)
+            os.unlink(path)  # nothing to clean up on disk, whatever happens next
+            self.fd = fd
+            _write_all(fd, memoryview(self._buffer))
+            self._buffer = bytearray()
+        if self.fd >= 0:
+            _write_all(self.fd, chunk)
+        else:
+            self._buffer += chunk
+        self.size += len(chunk)
+
+    def finish(self, filename: str, content_type: str, fmt: str | None) -> AudioSource:
+        if self.fd < 0:
+            return BytesAudio(bytes(self._buffer), filename, content_type, fmt)
+        fd, self.fd = self.fd, -1
+        return FileAudio(fd=fd, size=self.size, filename=filename, content_type=content_type,
+                         format=fmt, head=self.head)
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+@dataclass(slots=True)
+class _Part:
+    name: str  # as sent
+    filename: str | None = None  # None: a text part
+    content_type: str = "application/octet-stream"
+    text: bytearray | None = None
+    spool: _Spool | None = None  # None for a text part, or a file part nobody asked for (discarded)
+
+
+class _FormReader:
+    """Feeds body chunks to python_multipart's ``MultipartParser`` and builds the ``ParsedForm``.
+
+    The parser's callbacks run synchronously inside ``feed``; a ``GatewayError`` raised in one propagates
+    out of ``feed`` unchanged. ``abort`` must be called on any failure to release spooled files.
+    """
+
+    def __init__(self, boundary: bytes, plan: _Plan, limits: UploadLimits) -> None:
+        self._plan = plan
+        self._limits = limits
+        self.form = ParsedForm()
+        self._texts: dict[str, list[str]] = {}
+        self._parts = 0
+        self._part: _Part | None = None
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        try:
+            self._parser = MultipartParser(boundary, callbacks={
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": lambda data, start, end: self._header_field.extend(data[start:end]),
+                "on_header_value": lambda data, start, end: self._header_value.extend(data[start:end]),
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+            })
+        except FormParserError as exc:
+            raise ClientError(f"invalid multipart boundary: {exc}") from exc
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self._parser.write(chunk)
+        except FormParserError as exc:
+            raise ClientError(f"malformed multipart body: {exc}") from exc
+
+    def finish(self, validate: bool) -> ParsedForm:
+        """Check the body ended properly, coerce the text fields and validate them with the files."""
+        if self._parser.state != MultipartState.END:
+            raise ClientError("malformed multipart body: it ends before the closing boundary")
+        return self.validate() if validate else self.form
+
+    def validate(self) -> ParsedForm:
+        fields = self.form.fields
+        for name, values in self._texts.items():
+            fields[name] = _coerce(name, values, self._plan.props[name])
+        instance = dict(fields)
+        instance.update({name: FILE_PLACEHOLDER for name in self.form.files})
+        error = next(iter(self._plan.validator.iter_errors(instance)), None)
+        if error is not None:
+            raise _schema_error(error)
+        return self.form
+
+    def abort(self) -> None:
+        if self._part is not None and self._part.spool is not None:
+            self._part.spool.discard()
+        self.form.close()
+
+    # python_multipart callbacks
+
+    def _on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > self._limits.max_parts:
+            raise ClientError(f"too many form parts (more than {self._limits.max_parts})")
+        self._headers = {}
+
+    def _on_header_end(self) -> None:
+        self._headers[bytes(self._header_field).strip().lower()] = bytes(self._header_value).strip()
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _on_headers_finished(self) -> None:
+        disposition, options = parse_options_header(self._headers.get(b"content-disposition"))
+        if disposition != b"form-data" or b"name" not in options:
+            raise ClientError("malformed multipart body: a part has no form-data name")
+        name = _decode(options[b"name"])
+        raw_filename = options.get(b"filename")
+        part = _Part(name)
+        prop = self._plan.props.get(_normalise(name))
+        if raw_filename is None:
+            if prop is not None and prop.kind == "binary":
+                raise ClientError(f"{_normalise(name)} must be sent as a file upload", param=_normalise(name))
+            part.text = bytearray()
+        else:
+            part.filename = _decode(raw_filename).replace("\\", "/").rsplit("/", 1)[-1]
+            ctype = self._headers.get(b"content-type")
+            part.content_type = ctype.decode("latin-1") if ctype else "application/octet-stream"
+            if prop is not None:
+                field_name = _normalise(name)
+                if prop.kind != "binary":
+                    raise ClientError(f"{field_name} must be a text field, not a file upload", param=field_name)
+                if field_name in self.form.files:
+                    raise ClientError(f"{field_name} must be sent only once", param=field_name)
+                part.name = field_name
+                part.spool = _Spool(self._limits.spool_threshold_bytes, self._limits.spool_dir)
+        self._part = part
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._part
+        assert part is not None
+        if part.text is not None:
+            if len(part.text) + end - start > self._limits.max_text_part_bytes:
+                raise PayloadTooLarge(
+                    f"form field {part.name} is larger than {self._limits.max_text_part_bytes} bytes",
+                    param=part.name,
+                )
+            part.text += memoryview(data)[start:end]
+        elif part.spool is not None:
+            spool = part.spool
+            had_head = len(spool.head) >= HEAD_BYTES
+            spool.write(memoryview(data)[start:end])
+            if not had_head and len(spool.head) >= HEAD_BYTES:
+                self._check_audio(part.name, spool.head)  # refuse early, before the rest arrives
+
+    def _on_part_end(self) -> None:
+        part, self._part = self._part, None
+        if part is None:
+            return
+        if part.text is not None:
+            try:
+                value = part.text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ClientError(f"form field {part.name} is not valid UTF-8", param=part.name) from None
+            field_name = _normalise(part.name)
+            if field_name in self._plan.props:
+                self._texts.setdefault(field_name, []).append(value)
+            else:
+                self.form.extra.append((part.name, value))
+        elif part.spool is not None:
+            self._finish_file(part, part.spool)
+
+    def _finish_file(self, part: _Part, spool: _Spool) -> None:
+        if spool.size == 0:
+            spool.discard()
+            if part.filename == "":  # a browser's empty file input: as if the field were absent
+                return
+            raise ClientError(f"{part.name} is empty", param=part.name)
+        if len(spool.head) < HEAD_BYTES:
+            self._check_audio(part.name, spool.head)
+        fmt = sniff.sniff(spool.head)
+        self.form.files[part.name] = spool.finish(part.filename or "", part.content_type, fmt)
+
+    def _check_audio(self, name: str, head: bytes) -> None:
+        if self._limits.reject_non_audio and sniff.is_clearly_not_audio(head):
+            raise ClientError(
+                f"{name} does not look like audio; supported formats: {', '.join(sniff.SUPPORTED)}",
+                param=name,
+            )
+
+
+def _normalise(name: str) -> str:
+    """``timestamp_granularities[]`` → ``timestamp_granularities`` (the OpenAI SDK's array naming)."""
+    return name[:-2] if name.endswith("[]") else name
+
+
+def _decode(raw: bytes) -> str:
+    """Header parameters arrive as raw bytes; clients send UTF-8, a few still send Latin-1."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+# --- the Connexion validator ---------------------------------------------------------------------------
+
+
+class MultipartFormValidator(AbstractRequestBodyValidator):
+    """Connexion request-body validator for ``multipart/form-data``; use ``make_validator_map``.
+
+    Connexion creates one instance per request with fixed keyword arguments; ``limits`` and ``plans``
+    are class attributes bound by ``make_validator_map``.
+    """
+
+    limits: UploadLimits
+    plans: _PlanCache
+
+    def __init__(self, *, schema: dict[str, Any], required: bool = False, nullable: bool = False,
+                 encoding: str, strict_validation: bool, **kwargs: Any) -> None:
+        super().__init__(schema=schema, required=required, nullable=nullable, encoding=encoding,
+                         strict_validation=strict_validation)
+
+    async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
+        """Read, parse and validate the whole body, then pass on an empty body and the parsed form."""
+        limits = self.limits
+        headers = Headers(scope=scope)
+        _check_declared_length(headers.get("content-length"), limits.max_body_bytes)
+        reader = _FormReader(_boundary(headers.get("content-type")), self.plans.get(self._schema), limits)
+        try:
+            received = 0
+            async for chunk in _body(receive):
+                received += len(chunk)
+                if received > limits.max_body_bytes:
+                    raise _too_large(limits.max_body_bytes)
+                reader.feed(chunk)
+            if received == 0:  # no body at all: an empty form, so the schema names what is missing
+                form = reader.validate() if self._required else reader.form
+            else:
+                form = reader.finish(validate=True)
+            if self._strict_validation and form.extra:
+                names = ", ".join(sorted({name for name, _ in form.extra}))
+                raise ClientError(f"unknown form fields: {names}", param=form.extra[0][0])
+        except BaseException as exc:
+            reader.abort()
+            if isinstance(exc, GatewayError) or not isinstance(exc, Exception):
+                raise
+            raise GatewayError(f"failed to read the upload: {type(exc).__name__}") from exc
+        scope.setdefault("extensions", {})[SCOPE_KEY] = form
+        return _empty_body(receive), _without_body(scope)
+
+
+async def _body(receive: Receive) -> Any:
+    """The request body chunks as they arrive; none are kept."""
+    more_body = True
+    while more_body:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientError("the client disconnected before the upload was complete")
+        more_body = message.get("more_body", False)
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+
+
+def _check_declared_length(value: str | None, limit: int) -> None:
+    if value is None:
+        return  # chunked transfer: counted as it arrives
+    try:
+        declared = int(value)
+    except ValueError:
+        raise ClientError("invalid Content-Length header") from None
+    if declared > limit:
+        raise _too_large(limit)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+
+
+def _boundary(content_type: str | None) -> bytes:
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise ClientError("multipart/form-data request without a boundary in its Content-Type")
+    return boundary
+
+
+def _empty_body(receive: Receive) -> Receive:
+    """A receive channel whose body is already over; later calls (disconnect detection) go to the client."""
+    sent = False
+
+    async def receive_() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return await receive()
+
+    return receive_
+
+
+def _without_body(scope: Scope) -> Scope:
+    """A copy of ``scope`` announcing an empty, non-form body, so ``Request.form()`` reads nothing."""
+    dropped = (b"content-type", b"content-length", b"transfer-encoding")
+    new_scope = dict(scope)
+    new_scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() not in dropped]
+    new_scope["headers"] += [(b"content-type", PARSED_CONTENT_TYPE), (b"content-length", b"0")]
+    return new_scope
