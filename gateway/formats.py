@@ -26,15 +26,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from gateway.canonical import (
-    Logprob,
-    Segment,
-    StreamDelta,
-    StreamDone,
-    TranscriptionResult,
-    Usage,
-    Word,
-)
+from gateway.canonical import Logprob, Segment, StreamDelta, StreamDone, TranscriptionResult, Usage, Word
 
 LINE_WIDTH = 42  # display columns per subtitle line (broadcast guideline, Netflix/BBC use 37–42)
 MAX_LINES = 2
@@ -369,9 +361,8 @@ def render_vtt(cues: Sequence[Cue]) -> str:
 
 # --- parsing a provider's native subtitles ------------------------------------------------------
 
-_TIMING = re.compile(
-    r"((?:\d+:)?\d{1,2}:\d{2}[,.]\d{1,3})\s*-->\s*((?:\d+:)?\d{1,2}:\d{2}[,.]\d{1,3})"
-)
+_STAMP = r"((?:\d+:)?\d{1,2}:\d{2}[,.]\d{1,3})"
+_TIMING = re.compile(rf"{_STAMP}\s*-->\s*{_STAMP}")
 
 
 def _seconds(stamp: str) -> float:
