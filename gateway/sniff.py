@@ -82,7 +82,11 @@ def _mp4_kind(head: bytes) -> str:
 
 
 def _mpeg_frame(head: bytes) -> str | None:
-    """ADTS AAC or MPEG audio (layer I–III), recognised by a plausible frame header at offset 0."""
+    """ADTS AAC or MPEG audio layer II/III, recognised by a plausible frame header at offset 0.
+
+    Layer I is left out on purpose: it is extinct in practice, and its header (FF FE) is also the UTF-16
+    byte-order mark.
+    """
     if len(head) < 4 or head[0] != 0xFF:
         return None
     b1, b2 = head[1], head[2]
@@ -92,7 +96,7 @@ def _mpeg_frame(head: bytes) -> str | None:
         return None
     version, layer = (b1 >> 3) & 0x03, (b1 >> 1) & 0x03
     bitrate, rate = b2 >> 4, (b2 >> 2) & 0x03
-    if version == 1 or layer == 0 or bitrate == 0x0F or rate == 0x03:
+    if version == 1 or layer not in (1, 2) or bitrate == 0x0F or rate == 0x03:
         return None
     return "mp3"
 
