@@ -17,16 +17,13 @@ Wiring: ``connexion.AsyncApp(..., validator_map=make_validator_map(limits))``. E
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import tempfile
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema_rs
 from connexion.datastructures import MediaTypeDict
 from connexion.validators import VALIDATOR_MAP, AbstractRequestBodyValidator
 from python_multipart.exceptions import FormParserError
@@ -37,6 +34,7 @@ from starlette.types import Message, Receive, Scope
 from gateway import sniff
 from gateway.canonical import AudioSource, BytesAudio, FileAudio
 from gateway.errors import ClientError, GatewayError, PayloadTooLarge
+from gateway.form_schema import FILE_PLACEHOLDER, Plan, PlanCache, coerce, schema_error
 
 SCOPE_KEY = "bifrost.form"
 """Key under ``scope["extensions"]`` where the validator leaves the ``ParsedForm``."""
@@ -45,8 +43,6 @@ PARSED_CONTENT_TYPE = b"application/x-bifrost-parsed-form"
 """What the downstream scope says instead of multipart: Starlette's ``Request.form()`` ignores it."""
 
 HEAD_BYTES = 64
-FILE_PLACEHOLDER = ""  # stands in for a file during schema validation, so ``format: binary`` strings pass
-_TRUE, _FALSE = frozenset({"true", "1"}), frozenset({"false", "0"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,130 +95,13 @@ def make_validator_map(limits: UploadLimits) -> dict[str, Any]:
     bound = type(
         "BoundMultipartFormValidator",
         (MultipartFormValidator,),
-        {"limits": limits, "plans": _PlanCache()},
+        {"limits": limits, "plans": PlanCache()},
     )
     validator_map = dict(VALIDATOR_MAP)
     body = MediaTypeDict(VALIDATOR_MAP["body"])
     body["multipart/form-data"] = bound
     validator_map["body"] = body
     return validator_map
-
-
-# --- schema plan: how to coerce and validate one operation's form, computed once per schema ---------
-
-
-@dataclass(frozen=True, slots=True)
-class _Prop:
-    kind: str  # binary | boolean | integer | number | string | object | array
-    items: str = "string"  # item kind when kind == "array"
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    props: Mapping[str, _Prop]
-    validator: Any  # a compiled jsonschema_rs validator
-
-
-class _PlanCache:
-    """Compiled plans by schema identity. Connexion hands the same schema dict to every request of an
-    operation (validators themselves are created per request), so identity hits after the first request;
-    the schema is kept referenced so its id cannot be reused."""
-
-    def __init__(self) -> None:
-        self._by_id: dict[int, tuple[dict[str, Any], _Plan]] = {}
-
-    def get(self, schema: dict[str, Any]) -> _Plan:
-        hit = self._by_id.get(id(schema))
-        if hit is not None and hit[0] is schema:
-            return hit[1]
-        plan = _compile(schema)
-        if len(self._by_id) >= 1024:  # a Connexion that rebuilt schemas per request must not grow this forever
-            self._by_id.clear()
-        self._by_id[id(schema)] = (schema, plan)
-        return plan
-
-
-def _compile(schema: dict[str, Any]) -> _Plan:
-    props: dict[str, _Prop] = {}
-    for part in [schema, *schema.get("allOf", [])]:
-        for name, sub in part.get("properties", {}).items():
-            kind = _kind(sub)
-            props[name] = _Prop(kind, _kind(sub.get("items", {})) if kind == "array" else "string")
-    try:
-        validator = jsonschema_rs.Draft4Validator(schema)
-    except Exception as exc:  # a broken contract is our failure, not the client's
-        raise GatewayError(f"request body schema does not compile: {exc}") from exc
-    return _Plan(props, validator)
-
-
-def _kind(schema: Mapping[str, Any]) -> str:
-    for sub in [schema, *schema.get("allOf", []), *schema.get("oneOf", []), *schema.get("anyOf", [])]:
-        kind = sub.get("type")
-        if kind == "string" and sub.get("format") == "binary":
-            return "binary"
-        if isinstance(kind, str):
-            return kind
-    return "string"
-
-
-# --- coercion and error messages ---------------------------------------------------------------------
-
-
-def _coerce_scalar(value: str, kind: str) -> Any:
-    """Form text to the schema's type; left as text when it does not parse so validation names the field."""
-    if kind == "boolean":
-        low = value.strip().lower()
-        return True if low in _TRUE else False if low in _FALSE else value
-    if kind == "integer":
-        try:
-            return int(value)
-        except ValueError:
-            return value
-    if kind == "number":
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        return number if math.isfinite(number) else value
-    if kind == "object" and value.lstrip().startswith("{"):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _coerce(name: str, values: list[str], prop: _Prop) -> Any:
-    if prop.kind != "array":
-        if len(values) > 1:
-            raise ClientError(f"{name} must be sent only once", param=name)
-        return _coerce_scalar(values[0], prop.kind)
-    if len(values) == 1 and prop.items == "string" and values[0].lstrip().startswith("["):
-        try:
-            decoded = json.loads(values[0])
-        except ValueError:
-            raise ClientError(f"{name} is not a valid JSON array", param=name) from None
-        if isinstance(decoded, list):
-            return decoded  # item types are checked by the schema
-    return [_coerce_scalar(value, prop.items) for value in values]
-
-
-def _schema_error(error: Any) -> ClientError:
-    """A client error in upstream's words ("model is required") naming the field as ``param``."""
-    kind = error.kind.as_dict()
-    path = list(error.instance_path)
-    if isinstance(error.kind, jsonschema_rs.ValidationErrorKind.Required) and not path:
-        name = str(kind.get("property"))
-        return ClientError(f"{name} is required", param=name)
-    param = str(path[0]) if path else None
-    where = param if param is not None else "request body"
-    if isinstance(error.kind, jsonschema_rs.ValidationErrorKind.Enum):
-        allowed = ", ".join(str(option) for option in kind.get("options", []))
-        return ClientError(f"invalid {where} {error.instance!r}: must be one of {allowed}", param=param)
-    if isinstance(error.kind, jsonschema_rs.ValidationErrorKind.Type):
-        types = " or ".join(str(t) for t in kind.get("types", []))
-        return ClientError(f"{where} must be of type {types}, got {error.instance!r}", param=param)
-    return ClientError(f"invalid {where}: {error.message}", param=param)
 
 
 # --- the streaming reader ------------------------------------------------------------------------------
@@ -288,7 +167,7 @@ class _FormReader:
     out of ``feed`` unchanged. ``abort`` must be called on any failure to release spooled files.
     """
 
-    def __init__(self, boundary: bytes, plan: _Plan, limits: UploadLimits) -> None:
+    def __init__(self, boundary: bytes, plan: Plan, limits: UploadLimits) -> None:
         self._plan = plan
         self._limits = limits
         self.form = ParsedForm()
@@ -317,21 +196,21 @@ class _FormReader:
         except FormParserError as exc:
             raise ClientError(f"malformed multipart body: {exc}") from exc
 
-    def finish(self, validate: bool) -> ParsedForm:
-        """Check the body ended properly, coerce the text fields and validate them with the files."""
-        if self._parser.state != MultipartState.END:
-            raise ClientError("malformed multipart body: it ends before the closing boundary")
-        return self.validate() if validate else self.form
+    def finish(self, received: int) -> ParsedForm:
+        """Check the body ended properly, coerce the text fields and validate them with the files.
 
-    def validate(self) -> ParsedForm:
+        No body at all is an empty form, so the schema names what is missing ("model is required").
+        """
+        if received and self._parser.state != MultipartState.END:
+            raise ClientError("malformed multipart body: it ends before the closing boundary")
         fields = self.form.fields
         for name, values in self._texts.items():
-            fields[name] = _coerce(name, values, self._plan.props[name])
+            fields[name] = coerce(name, values, self._plan.props[name])
         instance = dict(fields)
         instance.update({name: FILE_PLACEHOLDER for name in self.form.files})
         error = next(iter(self._plan.validator.iter_errors(instance)), None)
         if error is not None:
-            raise _schema_error(error)
+            raise schema_error(error)
         return self.form
 
     def abort(self) -> None:
@@ -455,18 +334,14 @@ class MultipartFormValidator(AbstractRequestBodyValidator):
     """
 
     limits: UploadLimits
-    plans: _PlanCache
-
-    def __init__(self, *, schema: dict[str, Any], required: bool = False, nullable: bool = False,
-                 encoding: str, strict_validation: bool, **kwargs: Any) -> None:
-        super().__init__(schema=schema, required=required, nullable=nullable, encoding=encoding,
-                         strict_validation=strict_validation)
+    plans: PlanCache
 
     async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
         """Read, parse and validate the whole body, then pass on an empty body and the parsed form."""
         limits = self.limits
         headers = Headers(scope=scope)
-        _check_declared_length(headers.get("content-length"), limits.max_body_bytes)
+        if _declared_length(headers.get("content-length")) > limits.max_body_bytes:
+            raise _too_large(limits.max_body_bytes)  # before reading anything
         reader = _FormReader(_boundary(headers.get("content-type")), self.plans.get(self._schema), limits)
         try:
             received = 0
@@ -475,10 +350,7 @@ class MultipartFormValidator(AbstractRequestBodyValidator):
                 if received > limits.max_body_bytes:
                     raise _too_large(limits.max_body_bytes)
                 reader.feed(chunk)
-            if received == 0:  # no body at all: an empty form, so the schema names what is missing
-                form = reader.validate() if self._required else reader.form
-            else:
-                form = reader.finish(validate=True)
+            form = reader.finish(received) if received or self._required else reader.form
             if self._strict_validation and form.extra:
                 names = ", ".join(sorted({name for name, _ in form.extra}))
                 raise ClientError(f"unknown form fields: {names}", param=form.extra[0][0])
@@ -491,7 +363,7 @@ class MultipartFormValidator(AbstractRequestBodyValidator):
         return _empty_body(receive), _without_body(scope)
 
 
-async def _body(receive: Receive) -> Any:
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
     """The request body chunks as they arrive; none are kept."""
     more_body = True
     while more_body:
@@ -504,15 +376,12 @@ async def _body(receive: Receive) -> Any:
             yield chunk
 
 
-def _check_declared_length(value: str | None, limit: int) -> None:
-    if value is None:
-        return  # chunked transfer: counted as it arrives
+def _declared_length(value: str | None) -> int:
+    """The Content-Length, or 0 when absent (chunked transfer: counted as it arrives)."""
     try:
-        declared = int(value)
+        return int(value or 0)
     except ValueError:
         raise ClientError("invalid Content-Length header") from None
-    if declared > limit:
-        raise _too_large(limit)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

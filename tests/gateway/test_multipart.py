@@ -428,18 +428,35 @@ async def test_validator_map_keeps_connexion_defaults() -> None:
 
 
 async def test_schema_compiled_once(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.multipart as mp
+    import gateway.form_schema as fs
 
     calls = 0
-    real = mp._compile
+    real = fs.compile_plan
 
     def counting(schema: dict[str, Any]) -> Any:
         nonlocal calls
         calls += 1
         return real(schema)
 
-    monkeypatch.setattr(mp, "_compile", counting)
+    monkeypatch.setattr(fs, "compile_plan", counting)
     for _ in range(3):
         r = await post(app, data={"model": "m"}, files={"file": ("a.wav", WAV)})
         assert r.status_code == 200
     assert calls == 1
+
+
+def test_parsed_form_close_is_once_and_runs_on_collection(tmp_path: Any) -> None:
+    import gc
+
+    def spooled() -> FileAudio:
+        fd = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR)
+        return FileAudio(fd=fd, size=0)
+
+    before = open_fds()
+    form = ParsedForm(files={"file": spooled()})
+    form.close()
+    form.close()  # idempotent: a second close must not hit a reused descriptor
+    assert open_fds() == before
+    ParsedForm(files={"file": spooled()})  # dropped without close()
+    gc.collect()
+    assert open_fds() == before
