@@ -364,3 +364,19 @@ def test_config_from_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert list(zero.providers) == ["openai"]
     with pytest.raises(ConfigError, match="^BIFROST_STT_OVERRIDES: not valid JSON"):
         config_from_environ({"BIFROST_STT_OVERRIDES": "{port"})
+
+
+def test_documented_examples_load() -> None:
+    """docs/configuration.md's JSON and YAML examples are valid and say the same thing."""
+    yaml = pytest.importorskip("yaml")
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    blocks = {lang: body for lang, body in
+              ((chunk.split("\n", 1)[0], chunk.split("\n", 1)[1]) for chunk in text.split("```")[1::2])
+              if lang in ("json", "yaml")}
+    env = {"OPENAI_API_KEY": "o", "AZURE_OPENAI_API_KEY": "a", "AZURE_OPENAI_ENDPOINT": "https://e"}
+    configs = [from_document(json.loads(blocks["json"]), env, KINDS), from_document(yaml.safe_load(blocks["yaml"]),
+                                                                                      env, KINDS)]
+    assert configs[0] == configs[1]
+    assert configs[0].providers["local-whisper"].kind == "openai"
+    assert configs[0].providers["azure"].keys[0].upstream_model("whisper-1") == "my-whisper-deployment"
+    assert configs[0].ignored_sections == ("config_store",)
