@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 

@@ -46,7 +46,10 @@ from gateway.settings import (
     Secret,
 )
 
-__all__ = ["ConfigError", "apply_overrides", "config_from_environ", "load_config", "CONFIG_ENV", "OVERRIDES_ENV"]
+__all__ = [
+    "CONFIG_ENV", "OVERRIDES_ENV", "ConfigError", "apply_overrides", "config_from_environ", "from_document",
+    "from_environment", "load_config", "read_document",
+]
 
 CONFIG_ENV = "BIFROST_STT_CONFIG"  # the config path handed from `bifrost-stt serve` to its workers
 OVERRIDES_ENV = "BIFROST_STT_OVERRIDES"  # JSON of the command-line overrides, ditto
