@@ -1,0 +1,394 @@
+"""OpenAI-compatible transcription APIs: one implementation, per-vendor defaults passed in (delegation).
+
+    canonical TranscriptionRequest --to_wire_fields--> multipart (model first, file last)
+    JSON / verbose_json body       --to_result-------> TranscriptionResult
+    text / srt / vtt body          --to_result-------> TranscriptionResult(text=body, native=body)
+    SSE transcript.text.*          --to_event--------> StreamDelta / StreamDone
+
+For text, srt and vtt the raw body is both ``native`` (rendered unchanged by integration routes) and
+``text`` (the unified route answers ``{"text": "<raw srt>"}`` exactly as upstream Bifrost does).
+
+A vendor is a ``Vendor`` value (base URL, URL builder, auth headers, capabilities, streaming models);
+``create_openai`` / ``create_azure`` / ``create_groq`` are the factories named in ``providers.registry``.
+A new OpenAI-compatible vendor is one more ``Vendor`` and factory, not a subclass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.canonical import (
+    TEXT_FORMATS,
+    Logprob,
+    Segment,
+    StreamDelta,
+    StreamDone,
+    StreamEvent,
+    TranscriptionRequest,
+    TranscriptionResult,
+    Usage,
+    Word,
+)
+from gateway.errors import GatewayError, UpstreamError, UpstreamUnavailable
+from gateway.settings import KeyConfig, ProviderConfig
+from providers.base import Attempt, Capabilities
+from providers.http import (
+    map_transport_errors,
+    multipart_body,
+    parse_json,
+    raise_for_upstream,
+    upload_filename,
+)
+
+ALL_FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt"})
+AZURE_DEFAULT_API_VERSION = "2024-10-21"
+
+
+@dataclass(frozen=True, slots=True)
+class Vendor:
+    """What differs between OpenAI-compatible vendors; everything else is shared."""
+
+    default_base_url: str | None
+    url_for: Callable[[str | None, Attempt], str]  # (configured base URL or None, attempt) -> full URL
+    auth_headers: Callable[[KeyConfig | None], dict[str, str]]
+    capabilities: Capabilities
+    streams: Callable[[str], bool] = lambda model: False
+
+
+def bearer(key: KeyConfig | None) -> dict[str, str]:
+    """``Authorization: Bearer`` when a key is set (key-less self-hosted servers get nothing)."""
+    return {"authorization": f"Bearer {key.value.reveal()}"} if key is not None and key.value else {}
+
+
+def gpt4o_transcribe(model: str) -> bool:
+    """The gpt-4o(-mini)-transcribe family (dated and -diarize variants too) streams; whisper-1 does not."""
+    name = model.rsplit("/", 1)[-1].lower()
+    return name.startswith("gpt-4o") and "transcribe" in name
+
+
+# ------------------------------------------------------------------------------------------ to wire
+
+
+def to_wire_fields(request: TranscriptionRequest, model: str, *, stream: bool) -> list[tuple[str, str]]:
+    """Multipart text fields in wire order: model first, then the options set, then passthrough extras."""
+    fields: list[tuple[str, str]] = [("model", model)]
+    if request.language:
+        fields.append(("language", request.language))
+    if request.prompt:
+        fields.append(("prompt", request.prompt))
+    if request.response_format:
+        fields.append(("response_format", request.response_format))
+    if request.temperature is not None:
+        fields.append(("temperature", repr(float(request.temperature))))
+    fields.extend(("timestamp_granularities[]", g) for g in request.timestamp_granularities)
+    if stream:
+        fields.append(("stream", "true"))
+    fields.extend(request.extra)
+    return fields
+
+
+# ------------------------------------------------------------------------------------- to canonical
+
+_KNOWN_KEYS = frozenset({"text", "task", "language", "duration", "segments", "words", "logprobs", "usage"})
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def to_usage(data: Mapping[str, Any] | None) -> Usage | None:
+    """OpenAI's usage object: ``tokens`` (with input_token_details) or ``duration`` (seconds)."""
+    if not isinstance(data, Mapping):
+        return None
+    details = data.get("input_token_details") or {}
+    kind = "duration" if data.get("type") == "duration" else "tokens"
+    seconds = data.get("seconds")
+    return Usage(
+        type=kind,
+        input_tokens=_opt_int(data.get("input_tokens")),
+        output_tokens=_opt_int(data.get("output_tokens")),
+        total_tokens=_opt_int(data.get("total_tokens")),
+        text_tokens=_opt_int(details.get("text_tokens")),
+        audio_tokens=_opt_int(details.get("audio_tokens")),
+        seconds=None if seconds is None else int(round(float(seconds))),
+    )
+
+
+def to_logprobs(items: Any) -> tuple[Logprob, ...]:
+    return tuple(
+        Logprob(token=str(i.get("token", "")), logprob=float(i.get("logprob", 0.0)), bytes=tuple(i.get("bytes") or ()))
+        for i in items or ()
+    )
+
+
+def to_segment(i: int, data: Mapping[str, Any]) -> Segment:
+    return Segment(
+        id=int(data.get("id", i)),
+        start=float(data.get("start", 0.0)),
+        end=float(data.get("end", 0.0)),
+        text=str(data.get("text", "")),
+        seek=int(data.get("seek", 0)),
+        tokens=tuple(int(t) for t in data.get("tokens") or ()),
+        temperature=_opt_float(data.get("temperature")),
+        avg_logprob=_opt_float(data.get("avg_logprob")),
+        compression_ratio=_opt_float(data.get("compression_ratio")),
+        no_speech_prob=_opt_float(data.get("no_speech_prob")),
+        speaker=data.get("speaker"),
+    )
+
+
+def to_word(data: Mapping[str, Any]) -> Word:
+    return Word(
+        word=str(data.get("word", "")),
+        start=float(data.get("start", 0.0)),
+        end=float(data.get("end", 0.0)),
+        speaker=data.get("speaker"),
+    )
+
+
+def to_result(body: Any, response_format: str) -> TranscriptionResult:
+    """A json / verbose_json object, or a text / srt / vtt string, in canonical form.
+
+    Keys the canonical type does not name (Groq's ``x_groq`` ...) are kept in ``extra``.
+    """
+    if isinstance(body, str):
+        return TranscriptionResult(text=body, native=body, native_format=response_format)
+    if not isinstance(body, Mapping) or not isinstance(body.get("text"), str):
+        raise UpstreamUnavailable("the upstream transcription has no text")
+    return TranscriptionResult(
+        text=body["text"],
+        language=body.get("language"),
+        duration=_opt_float(body.get("duration")),
+        task=str(body.get("task") or "transcribe"),
+        segments=tuple(to_segment(i, s) for i, s in enumerate(body.get("segments") or ())),
+        words=tuple(to_word(w) for w in body.get("words") or ()),
+        logprobs=to_logprobs(body.get("logprobs")),
+        usage=to_usage(body.get("usage")),
+        extra={k: v for k, v in body.items() if k not in _KNOWN_KEYS},
+    )
+
+
+def to_event(provider: str, data: Mapping[str, Any]) -> StreamEvent | None:
+    """One SSE payload as a canonical event; None for event types we do not relay."""
+    if "error" in data:
+        err = data["error"] if isinstance(data["error"], Mapping) else {"message": str(data["error"])}
+        raise UpstreamError(
+            str(err.get("message") or f"{provider} reported an error mid-stream"),
+            error_type=str(err.get("type") or "api_error"),
+            code=None if err.get("code") is None else str(err.get("code")),
+            param=err.get("param"),
+            provider=provider,
+        )
+    kind = data.get("type")
+    if kind == "transcript.text.delta":
+        return StreamDelta(delta=str(data.get("delta", "")), logprobs=to_logprobs(data.get("logprobs")))
+    if kind == "transcript.text.done":
+        return StreamDone(
+            text=str(data.get("text", "")), usage=to_usage(data.get("usage")), logprobs=to_logprobs(data.get("logprobs"))
+        )
+    return None
+
+
+async def sse_payloads(response: httpx.Response) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event (multi-line data joined by newlines), in order."""
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        yield "\n".join(data)
+
+
+# ------------------------------------------------------------------------------------------ adapter
+
+
+class OpenAICompatible:
+    """Transcriber and StreamingTranscriber for any vendor speaking OpenAI's transcription protocol."""
+
+    def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient, vendor: Vendor) -> None:
+        self.name = name
+        self.config = config
+        self.client = client
+        self.vendor = vendor
+        self.capabilities = vendor.capabilities
+
+    def streams(self, model: str) -> bool:
+        return self.vendor.capabilities.native_stream and self.vendor.streams(model)
+
+    def _request(self, request: TranscriptionRequest, attempt: Attempt, *, stream: bool) -> httpx.Request:
+        """A fresh upstream request (its body iterator is single-use; each attempt builds its own)."""
+        filename, file_type = upload_filename(request.audio)
+        content_type, length, body = multipart_body(
+            to_wire_fields(request, attempt.model, stream=stream), "file", request.audio, filename, file_type
+        )
+        headers = {
+            **self.vendor.auth_headers(attempt.key),
+            "content-type": content_type,
+            "content-length": str(length),
+            "accept": "text/event-stream" if stream else "application/json",
+        }
+        read = self.config.network.stream_idle_timeout_in_seconds if stream else attempt.timeout
+        timeout = httpx.Timeout(attempt.timeout, connect=self.config.network.connect_timeout_in_seconds, read=read)
+        return self.client.build_request("POST", self._url(attempt), content=body, headers=headers, timeout=timeout)
+
+    def _url(self, attempt: Attempt) -> str:
+        """The vendor's URL, or ``base + custom_provider_config.request_path_overrides["transcription"]``."""
+        base = self.config.network.base_url or self.vendor.default_base_url
+        override = self.config.request_path_overrides.get("transcription")
+        if override and base:
+            return base.rstrip("/") + "/" + override.lstrip("/")
+        return self.vendor.url_for(base, attempt)
+
+    def _secrets(self, attempt: Attempt) -> tuple[str, ...]:
+        return (attempt.key.value.reveal(),) if attempt.key is not None and attempt.key.value else ()
+
+    async def transcribe(self, request: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult:
+        """One upstream call within ``attempt.timeout`` seconds, answer in canonical form."""
+        secrets = self._secrets(attempt)
+        fmt = request.response_format or "json"
+        with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
+            async with asyncio.timeout(attempt.timeout):
+                response = await self.client.send(self._request(request, attempt, stream=False))
+                try:
+                    await raise_for_upstream(
+                        self.name, response, expect_json=fmt not in TEXT_FORMATS, secrets=secrets
+                    )
+                    await response.aread()
+                finally:
+                    await response.aclose()
+        if fmt in TEXT_FORMATS:
+            return to_result(response.text, fmt)
+        try:
+            return to_result(parse_json(self.name, response), fmt)
+        except GatewayError as exc:
+            exc.provider = self.name
+            raise
+
+    async def stream(self, request: TranscriptionRequest, attempt: Attempt) -> AsyncIterator[StreamEvent]:
+        """Relay the upstream SSE as canonical events.
+
+        Nothing runs until the first ``__anext__``, which opens the upstream response and raises
+        UpstreamError for a non-2xx or non-SSE answer before any event. Consumers should close the
+        iterator (``contextlib.aclosing``) so an abandoned stream releases its connection at once.
+        """
+        secrets = self._secrets(attempt)
+        with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
+            async with asyncio.timeout(attempt.timeout):
+                response = await self.client.send(self._request(request, attempt, stream=True), stream=True)
+        try:
+            with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
+                await raise_for_upstream(self.name, response, secrets=secrets)
+            if "text/event-stream" not in response.headers.get("content-type", ""):
+                raise UpstreamUnavailable(
+                    f"{self.name} answered a stream request with "
+                    f"{response.headers.get('content-type') or 'no content type'} instead of text/event-stream",
+                    provider=self.name,
+                )
+            idle = self.config.network.stream_idle_timeout_in_seconds
+            with map_transport_errors(
+                self.name, timeout=idle, setting="stream_idle_timeout_in_seconds", secrets=secrets
+            ):
+                async for payload in sse_payloads(response):
+                    if payload.strip() == "[DONE]":
+                        return
+                    try:
+                        data = orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        raise UpstreamUnavailable(
+                            f"{self.name} sent a stream event that is not JSON", provider=self.name
+                        ) from None
+                    event = to_event(self.name, data) if isinstance(data, Mapping) else None
+                    if event is not None:
+                        yield event
+                        if isinstance(event, StreamDone):
+                            return
+            raise UpstreamUnavailable(
+                f"{self.name} ended the stream before transcript.text.done", provider=self.name
+            )
+        finally:
+            await response.aclose()
+
+
+# ----------------------------------------------------------------------------------------- vendors
+
+
+def _join(base: str | None, path: str, provider: str) -> str:
+    if not base:
+        raise GatewayError(f"{provider}: no base URL configured (network_config.base_url)", provider=provider)
+    return base.rstrip("/") + path
+
+
+OPENAI = Vendor(
+    default_base_url="https://api.openai.com",
+    url_for=lambda base, attempt: _join(base, "/v1/audio/transcriptions", "openai"),
+    auth_headers=bearer,
+    capabilities=Capabilities(
+        native_formats=ALL_FORMATS, native_stream=True, word_timestamps=True, segment_timestamps=True, max_file_mb=25
+    ),
+    streams=gpt4o_transcribe,
+)
+
+GROQ = Vendor(
+    default_base_url="https://api.groq.com/openai",
+    url_for=lambda base, attempt: _join(base, "/v1/audio/transcriptions", "groq"),
+    auth_headers=bearer,
+    capabilities=Capabilities(
+        native_formats=frozenset({"json", "text", "verbose_json"}),
+        native_stream=False,
+        word_timestamps=True,
+        segment_timestamps=True,
+        max_file_mb=100,
+    ),
+)
+
+
+def _azure_url(base: str | None, attempt: Attempt) -> str:
+    """``{endpoint}/openai/deployments/{deployment}/audio/transcriptions?api-version=V``.
+
+    The key's own endpoint wins (keys may live in different Azure resources); ``network_config.base_url``
+    is the fallback for keys without one. ``attempt.model`` is the deployment (aliases applied).
+    """
+    azure = attempt.key.azure if attempt.key is not None else None
+    endpoint = azure.endpoint if azure is not None and azure.endpoint else base
+    version = azure.api_version if azure is not None and azure.api_version else AZURE_DEFAULT_API_VERSION
+    path = f"/openai/deployments/{attempt.model}/audio/transcriptions"
+    return str(httpx.URL(_join(endpoint, path, "azure"), params={"api-version": version}))
+
+
+def _azure_auth(key: KeyConfig | None) -> dict[str, str]:
+    return {"api-key": key.value.reveal()} if key is not None and key.value else {}
+
+
+AZURE = Vendor(
+    default_base_url=None,
+    url_for=_azure_url,
+    auth_headers=_azure_auth,
+    capabilities=OPENAI.capabilities,
+    streams=gpt4o_transcribe,  # deployments are usually named after their model
+)
+
+
+def create_openai(config: ProviderConfig, client: httpx.AsyncClient) -> OpenAICompatible:
+    return OpenAICompatible(config.id, config, client, OPENAI)
+
+
+def create_azure(config: ProviderConfig, client: httpx.AsyncClient) -> OpenAICompatible:
+    return OpenAICompatible(config.id, config, client, AZURE)
+
+
+def create_groq(config: ProviderConfig, client: httpx.AsyncClient) -> OpenAICompatible:
+    return OpenAICompatible(config.id, config, client, GROQ)
