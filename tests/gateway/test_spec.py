@@ -24,6 +24,7 @@ from gateway.spec import (
     select,
     to_connexion,
 )
+from gateway.spec_sync import sync, to_yaml
 
 UPSTREAM_DOC = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "bifrost-openapi.json"
 
@@ -568,3 +569,59 @@ def test_upstream_health_schema_is_a_subset_of_ours(upstream: dict[str, Any], co
 def test_the_whole_upstream_document_renders_for_connexion(upstream: dict[str, Any]) -> None:
     # A strong check of to_connexion: 260 paths of real 3.1 pass Connexion's 3.0 meta-schema.
     Specification.load(to_connexion(upstream))
+
+
+# --------------------------------------------------------------------------------------------------
+# (e) spec-sync: regenerating bifrost.yaml from upstream
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synced(upstream: dict[str, Any]) -> dict[str, Any]:
+    return sync(upstream)
+
+
+def _component_names(doc: dict[str, Any]) -> set[str]:
+    return {f"{kind}/{name}" for kind, entries in doc["components"].items() for name in entries}
+
+
+def test_sync_keeps_exactly_the_transcription_operations(synced: dict[str, Any], document: dict[str, Any]) -> None:
+    assert synced["openapi"] == "3.1.0"
+    assert set(operations(synced)) == TRANSCRIPTION_OPERATIONS
+    assert _component_names(synced) == _component_names(document)
+    assert {tag["name"] for tag in synced["tags"]} == {
+        tag for method, path, _ in TRANSCRIPTION_OPERATIONS for tag in synced["paths"][path][method]["tags"]
+    }
+
+
+@pytest.mark.parametrize(("method", "path", "operation_id"), sorted(TRANSCRIPTION_OPERATIONS))
+def test_synced_operation_equals_ours(
+    synced: dict[str, Any], document: dict[str, Any], method: str, path: str, operation_id: str
+) -> None:
+    assert operation_view(synced, method, path) == operation_view(document, method, path)
+
+
+def test_synced_components_equal_ours(synced: dict[str, Any], document: dict[str, Any]) -> None:
+    for name in document["components"]["schemas"]:
+        ref = {"$ref": f"#/components/schemas/{name}"}
+        assert schema_view(synced, ref) == schema_view(document, ref), name
+    for name, scheme in document["components"]["securitySchemes"].items():
+        theirs = dict(synced["components"]["securitySchemes"][name])
+        assert {**theirs, "description": scheme["description"]} == scheme, name
+
+
+def test_our_overlay_applies_to_a_synced_document(synced: dict[str, Any]) -> None:
+    overlay = yaml.safe_load((OPENAPI_DIR / "overlay.yaml").read_text(encoding="utf-8"))
+    served = apply_overlay(synced, overlay)
+    assert len(operations(served)) == 10
+    Specification.load(to_connexion(served))
+
+
+def test_sync_output_survives_yaml_and_leaves_upstream_alone(upstream: dict[str, Any], synced: dict[str, Any]) -> None:
+    assert yaml.safe_load(to_yaml(synced)) == synced
+    assert "TranscriptionStreamResponse" not in upstream["components"]["schemas"]
+
+
+def test_sync_names_missing_operations() -> None:
+    with pytest.raises(ContractError, match="createTranscription, createAsyncTranscription"):
+        sync({"openapi": "3.1.0", "paths": {}, "components": {}})
