@@ -33,7 +33,14 @@ class ContractError(ValueError):
 # JSONPath: the small subset overlays need (no filters, no recursive descent)
 # --------------------------------------------------------------------------------------------------
 
-_WILDCARD = object()
+class _Wildcard:
+    """The ``*`` selector: every member of an object, every item of an array."""
+
+    def __repr__(self) -> str:
+        return "*"
+
+
+_WILDCARD = _Wildcard()
 _SEGMENT = re.compile(
     r"""\.(?P<dot>[^.\[\]\s'"]+)        # .name  .*  .x-custom  ./health
       | \[\s*(?P<quote>['"])(?P<quoted>(?:\\.|(?!(?P=quote)).)*)(?P=quote)\s*\]   # ['any chars']
@@ -43,7 +50,7 @@ _SEGMENT = re.compile(
     re.VERBOSE,
 )
 
-Segment = str | int | object
+Segment = str | int | _Wildcard
 Location = tuple[Any, Any, Any]  # (parent container, key or index in it, node); parent None for "$"
 
 
