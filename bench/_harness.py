@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import selectors
+import shlex
 import shutil
 import signal
 import socket
@@ -355,25 +356,72 @@ def gateway_binary() -> Path:
 
 
 def start_gateway(procs: Processes, workdir: Path, cpu: int | None, upstream_port: int,
-                  port: int | None = None, ready_timeout: float = 60.0) -> tuple[Service, list[str]]:
+                  port: int | None = None, ready_timeout: float = 60.0,
+                  command: str | None = None) -> tuple[Service, list[str]]:
     """Start ``bifrost-stt serve`` pinned to ``cpu`` with a config aimed at the fake upstream.
 
-    Runs in ``workdir`` (so nothing it might write lands in the repo). Returns once GET /health is 200.
+    ``command`` replaces it with another server (``{config}``, ``{port}`` and ``{upstream}`` are
+    filled in), to compare builds or peers. Runs in ``workdir`` (so nothing it might write lands in
+    the repo). Returns once GET /health is 200.
     """
-    binary = gateway_binary()
-    if not binary.exists():
-        raise BenchError(f"{binary} does not exist (is the gateway's CLI installed?)")
     config = workdir / "gateway-config.json"
     write_gateway_config(config, upstream_port)
     port = port or free_port()
-    argv = taskset([cpu] if cpu is not None else []) + [
-        str(binary), "serve", "--config", str(config), "--port", str(port),
-        "--workers", "1", "--log-level", "warning",
-    ]
+    if command:
+        server = shlex.split(command.format(config=config, port=port, upstream=upstream_port))
+    else:
+        binary = gateway_binary()
+        if not binary.exists():
+            raise BenchError(f"{binary} does not exist (is the gateway's CLI installed?)")
+        server = [str(binary), "serve", "--config", str(config), "--port", str(port),
+                  "--workers", "1", "--log-level", "warning"]
+    argv = taskset([cpu] if cpu is not None else []) + server
     log = workdir / "gateway.log"
     proc = procs.start(argv, log, cwd=workdir)
     wait_http_ok(f"http://127.0.0.1:{port}/health", proc, ready_timeout, "gateway", log)
     return Service("gateway", proc, log, port), argv
+
+
+# -- CPU placement ------------------------------------------------------------------------------
+
+
+@dataclass
+class Layout:
+    upstream: int | None
+    gateway: int | None
+    client: list[int]
+    direct_client: list[int]
+
+    def describe(self) -> str:
+        return (f"upstream cpu {self.upstream}, gateway cpu {self.gateway}, load generator cpu "
+                f"{','.join(map(str, self.client))} (direct runs: cpu {','.join(map(str, self.direct_client))})")
+
+
+def plan_layout(spec: str | None) -> Layout:
+    """CPU placement. ``spec`` is ``UPSTREAM,GATEWAY,CLIENT`` (CLIENT may be ``2:3`` for several).
+
+    Default: upstream on the first usable CPU, gateway alone on the second, the load generator on the
+    third (and fourth) when there is one, else sharing the upstream's CPU. Direct runs put the load
+    generator on the gateway's CPU when it would otherwise share the upstream's (the gateway is idle
+    then), so the floor is measured with client and upstream apart.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if spec:
+        parts = spec.split(",")
+        if len(parts) != 3:
+            raise ValueError("--cores wants UPSTREAM,GATEWAY,CLIENT, e.g. 0,1,2 or 0,1,2:3")
+        upstream, gateway = int(parts[0]), int(parts[1])
+        client = [int(c) for c in parts[2].split(":")]
+    elif len(cpus) >= 3:
+        upstream, gateway, client = cpus[0], cpus[1], cpus[2:4]
+    elif len(cpus) == 2:
+        upstream, gateway, client = cpus[0], cpus[1], [cpus[0]]
+    else:
+        return Layout(None, None, [], [])
+    direct_client = client
+    if client == [upstream] and gateway is not None:
+        direct_client = [gateway]
+    return Layout(upstream, gateway, client, direct_client)
 
 
 # -- /proc sampling ------------------------------------------------------------------------------
@@ -440,16 +488,39 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds spent in processes (user+nice+system) plus stolen by the hypervisor, all CPUs.
+def other_cpu_snapshot() -> dict[int, tuple[int, float]]:
+    """pid -> (start time, CPU seconds including reaped children) for every user-space process.
 
-    irq/softirq time is left out: loopback TCP processing lands there and it belongs to the bench's
-    own traffic, not to other processes.
+    Kernel threads are left out (ksoftirqd & co. mostly carry the bench's own loopback traffic).
+    Counting reaped children's time (cutime/cstime) catches short-lived processes, e.g. a test run
+    that starts and ends within a measurement, through their surviving parent.
     """
-    with open("/proc/stat") as f:
-        parts = f.readline().split()[1:]
-    user, nice, system, _idle, _iowait, _irq, _softirq, steal = (int(v) for v in parts[:8])
-    return (user + nice + system + steal) / CLK_TCK
+    snapshot: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ppid, flags = int(fields[1]), int(fields[6])
+        if int(entry) == 2 or ppid == 2 or flags & 0x00200000:  # PF_KTHREAD
+            continue
+        ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+        snapshot[int(entry)] = (int(fields[19]), ticks / CLK_TCK)
+    return snapshot
+
+
+def other_cpu_seconds(before: dict[int, tuple[int, float]], after: dict[int, tuple[int, float]],
+                      exclude: set[int]) -> float:
+    """CPU seconds used between two snapshots by processes not in ``exclude``."""
+    total = 0.0
+    for pid, (start, cpu) in after.items():
+        if pid in exclude:
+            continue
+        previous = before.get(pid)
+        total += cpu - previous[1] if previous and previous[0] == start else cpu
+    return max(0.0, total)
 
 
 def mb(kib: int | float) -> float:

@@ -109,18 +109,6 @@ class Measurement:
         return self.gateway_cpu_s * 1000 / self.load.requests
 
 
-@dataclass
-class Layout:
-    upstream: int | None
-    gateway: int | None
-    client: list[int]
-    direct_client: list[int]
-
-    def describe(self) -> str:
-        return (f"upstream cpu {self.upstream}, gateway cpu {self.gateway}, load generator cpu "
-                f"{','.join(map(str, self.client))} (direct runs: cpu {','.join(map(str, self.direct_client))})")
-
-
 # -- set-up --------------------------------------------------------------------------------------
 
 
@@ -142,33 +130,6 @@ def ensure_wrk() -> str | None:
         if attempt is install and done.returncode == 0:
             break
     return shutil.which("wrk")
-
-
-def plan_layout(spec: str | None) -> Layout:
-    """CPU placement. ``spec`` is ``UPSTREAM,GATEWAY,CLIENT`` (CLIENT may be ``2:3`` for several).
-
-    Default: upstream on the first usable CPU, gateway alone on the second, the load generator on the
-    third (and fourth) when there is one, else sharing the upstream's CPU. Direct runs put the load
-    generator on the gateway's CPU when it would otherwise share the upstream's (the gateway is idle
-    then), so the floor is measured with client and upstream apart.
-    """
-    cpus = sorted(os.sched_getaffinity(0))
-    if spec:
-        parts = spec.split(",")
-        if len(parts) != 3:
-            raise SystemExit("--cores wants UPSTREAM,GATEWAY,CLIENT, e.g. 0,1,2 or 0,1,2:3")
-        upstream, gateway = int(parts[0]), int(parts[1])
-        client = [int(c) for c in parts[2].split(":")]
-    elif len(cpus) >= 3:
-        upstream, gateway, client = cpus[0], cpus[1], cpus[2:4]
-    elif len(cpus) == 2:
-        upstream, gateway, client = cpus[0], cpus[1], [cpus[0]]
-    else:
-        return Layout(None, None, [], [])
-    direct_client = client
-    if client == [upstream] and gateway is not None:
-        direct_client = [gateway]
-    return Layout(upstream, gateway, client, direct_client)
 
 
 # -- running load --------------------------------------------------------------------------------
@@ -219,11 +180,6 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def self_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def measure(procs: h.Processes, target: str, size: int, concurrency: int, argv: list[str],
             warmup_argv: list[str] | None, duration: int, warmup: int, upstream: h.Service,
             gateway: h.Service | None, workdir: Path) -> Measurement:
@@ -232,27 +188,26 @@ def measure(procs: h.Processes, target: str, size: int, concurrency: int, argv: 
     if warmup_argv and warmup > 0:
         run_load(procs, warmup_argv, warmup, log)
     before_up = upstream_stats(upstream)
-    up_cpu0 = h.cpu_seconds(upstream.pid)
     gw_cpu0 = h.cpu_seconds(gateway.pid) if gateway else 0.0
-    busy0 = h.machine_busy_seconds()
-    child0, self0 = children_cpu_s(), self_cpu_s()
+    child0 = children_cpu_s()
+    others0 = h.other_cpu_snapshot()
     wall0 = time.monotonic()
     hwm_ok = h.reset_hwm(gateway.pid) if gateway else False
     sampler = h.RssSampler(gateway.pid) if gateway else contextlib.nullcontext()
     with sampler:
         load = run_load(procs, argv, duration, log)
     wall = time.monotonic() - wall0
-    busy1 = h.machine_busy_seconds()
+    others1 = h.other_cpu_snapshot()
     client_cpu = children_cpu_s() - child0
-    mine = (client_cpu + (self_cpu_s() - self0) + (h.cpu_seconds(upstream.pid) - up_cpu0))
+    mine = {os.getpid(), *h.process_tree(upstream.pid)}
     gw_cpu = None
     peak = None
     if gateway:
+        mine.update(h.process_tree(gateway.pid))
         gw_cpu = h.cpu_seconds(gateway.pid) - gw_cpu0
-        mine += gw_cpu
         assert isinstance(sampler, h.RssSampler)
         peak = max(sampler.peak_kb, h.hwm_kb(gateway.pid) if hwm_ok else 0)
-    foreign = max(0.0, (busy1 - busy0) - mine) / wall * 100 if wall else 0.0
+    foreign = h.other_cpu_seconds(others0, others1, mine) / wall * 100 if wall else 0.0
     after_up = upstream_stats(upstream)
     m = Measurement(
         target=target, size=size, concurrency=concurrency, load=load, client_cpu_s=client_cpu,
@@ -288,7 +243,7 @@ def mark(ok: bool | None) -> str:
     return "—" if ok is None else ("✅" if ok else "❌")
 
 
-def render(machine: h.Machine, args: argparse.Namespace, layout: Layout, tool: str,
+def render(machine: h.Machine, args: argparse.Namespace, layout: h.Layout, tool: str,
            results: list[Measurement], idle_kb: int | None, idle_after_kb: int | None,
            gateway_argv: list[str] | None, gateway_error: str | None, sanity: str | None,
            gateway_log: str, route: tuple[str, str]) -> str:
@@ -409,6 +364,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--route", choices=("unified", "openai"), default="unified",
                         help="unified: /v1/audio/transcriptions + openai/whisper-1; "
                              "openai: /openai/v1/audio/transcriptions + whisper-1")
+    parser.add_argument("--gateway-cmd", help="another server to measure instead of bifrost-stt: a "
+                        "command line with {config}, {port} and {upstream} placeholders")
     parser.add_argument("--direct-only", action="store_true", help="only measure the fake upstream")
     parser.add_argument("--python-client", action="store_true", help="use bench/loadgen.py even if wrk exists")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (payloads, logs)")
@@ -428,7 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     h.install_signal_handlers()
     started = time.monotonic()
     machine = h.machine_facts()
-    layout = plan_layout(args.cores)
+    try:
+        layout = h.plan_layout(args.cores)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     wrk = None if args.python_client else ensure_wrk()
     tool = "wrk 4" if wrk else "Python aiohttp fallback (bench/loadgen.py)"
     if wrk:
@@ -469,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fake upstream on 127.0.0.1:{upstream.port} (pid {upstream.pid})", flush=True)
         if not args.direct_only:
             try:
-                gateway, gateway_argv = h.start_gateway(procs, workdir, layout.gateway, upstream.port)
+                gateway, gateway_argv = h.start_gateway(procs, workdir, layout.gateway, upstream.port,
+                                                           command=args.gateway_cmd)
                 idle_kb = h.settled_rss_kb(gateway.pid)
                 print(f"gateway on 127.0.0.1:{gateway.port} (pid {gateway.pid}), idle RSS "
                       f"{h.mb(idle_kb):.0f} MB", flush=True)

@@ -119,7 +119,7 @@ def create_app(
     contract: dict[str, Any] | None = None,
 ) -> AsyncApp:
     contract = contract if contract is not None else spec.load_contract()
-    gateway = Gateway(config)
+    gateway = Gateway(config, provider_ids=spec.provider_ids(contract))
     table = handlers.operations(gateway)
     missing = missing_handlers(contract, table)
     if missing:

@@ -19,15 +19,16 @@ log = logging.getLogger("bifrost_stt")
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, *, provider_ids: frozenset[str] = frozenset()) -> None:
         self.config = config
+        self._provider_ids = provider_ids  # every id the contract names, implemented here or not
         self._router: Router | None = None
         self._clients: list[Any] = []
 
     @property
     def known_providers(self) -> frozenset[str]:
-        """Provider ids a model prefix may name: every registry kind and every configured name."""
-        return registry.known() | frozenset(self.config.providers)
+        """Provider ids a model prefix may name: the contract's ids, registry kinds, configured names."""
+        return self._provider_ids | registry.known() | frozenset(self.config.providers)
 
     @property
     def configured(self) -> frozenset[str]:

@@ -217,6 +217,12 @@ def operations(contract: dict[str, Any]) -> list[tuple[str, str, str]]:
     return found
 
 
+def provider_ids(contract: dict[str, Any]) -> frozenset[str]:
+    """The provider ids the contract names (``ModelProvider`` enum): what a ``provider/`` prefix may be."""
+    schema = contract.get("components", {}).get("schemas", {}).get("ModelProvider", {})
+    return frozenset(str(v) for v in schema.get("enum", ()))
+
+
 # --------------------------------------------------------------------------------------------------
 # The 3.0 rendering Connexion 3.3 takes
 # --------------------------------------------------------------------------------------------------

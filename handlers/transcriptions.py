@@ -93,11 +93,9 @@ class TranscriptionHandlers:
     async def openai_create_transcription(self) -> Response:
         return await self._serve(INTEGRATION)
 
-    async def azure_create_transcription(self) -> Response:
-        deployment = context.scope.get("path_params", {}).get("deployment-id")
-        if deployment is None:
-            deployment = _path_segment_after(context.scope.get("path", ""), "deployments")
-        return await self._serve(AZURE, deployment=deployment)
+    async def azure_create_transcription(self, deployment_id: str, api_version: str | None = None) -> Response:
+        # The client's api-version is the Azure SDK's; the upstream call uses the key's configured one.
+        return await self._serve(AZURE, deployment=deployment_id)
 
     def operations(self) -> dict[str, Callable[..., Awaitable[Any]]]:
         integration = self.openai_create_transcription
@@ -110,12 +108,3 @@ class TranscriptionHandlers:
             "langchainOpenAITranscriptions": integration,
             "pydanticaiOpenAITranscriptions": integration,
         }
-
-
-def _path_segment_after(path: str, marker: str) -> str | None:
-    parts = path.split("/")
-    if marker in parts:
-        i = parts.index(marker)
-        if i + 1 < len(parts):
-            return parts[i + 1]
-    return None

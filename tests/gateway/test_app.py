@@ -1,0 +1,35 @@
+"""The app factory: every operation in the contract has a handler, and a missing one stops the start."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+import handlers
+from gateway import spec
+from gateway.app import create_app, missing_handlers
+from gateway.service import Gateway
+from gateway.settings import GatewayConfig
+
+
+def test_every_operation_in_the_contract_has_a_handler() -> None:
+    contract = spec.load_contract()
+    table = handlers.operations(Gateway(GatewayConfig()))
+    missing = missing_handlers(contract, table)
+    assert missing == [], f"operations without a handler: {missing}"
+    assert {op for _, _, op in spec.operations(contract)} <= set(table)
+
+
+def test_an_operation_without_handler_stops_the_start_naming_it() -> None:
+    contract = copy.deepcopy(spec.load_contract())
+    contract["paths"]["/v1/audio/translations"] = {
+        "post": {"operationId": "createTranslation", "responses": {"200": {"description": "ok"}}}
+    }
+    with pytest.raises(RuntimeError, match="createTranslation"):
+        create_app(GatewayConfig(), contract=contract)
+
+
+def test_known_provider_ids_come_from_the_contract() -> None:
+    ids = spec.provider_ids(spec.load_contract())
+    assert {"openai", "azure", "groq", "mistral", "deepgram"} <= ids

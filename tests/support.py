@@ -1,0 +1,96 @@
+"""A real gateway on 127.0.0.1 for tests: uvicorn in a thread, lifespan on, like production."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import (
+    AzureKeyConfig,
+    ClientConfig,
+    GatewayConfig,
+    KeyConfig,
+    NetworkConfig,
+    ProviderConfig,
+    Secret,
+)
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """Run an ASGI app on a free loopback port until the block ends; yields its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the gateway failed to start (see the log above)")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the gateway did not start within 10 s")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def provider(
+    provider_id: str,
+    base_url: str,
+    *,
+    key: str = "sk-test-key",
+    kind: str | None = None,
+    keys: tuple[KeyConfig, ...] | None = None,
+    **network: Any,
+) -> ProviderConfig:
+    """A provider config pointing at a fake upstream."""
+    if keys is None:
+        azure = AzureKeyConfig(endpoint=base_url) if (kind or provider_id) == "azure" else None
+        keys = (KeyConfig(name=f"{provider_id}-key", value=Secret(key), azure=azure),)
+    net = NetworkConfig(base_url=base_url, **network)
+    return ProviderConfig(id=provider_id, kind=kind or provider_id, keys=keys, network=net)
+
+
+def config_with(*providers: ProviderConfig, **client: Any) -> GatewayConfig:
+    return GatewayConfig(
+        providers=MappingProxyType({p.id: p for p in providers}),
+        client=replace(ClientConfig(), **client),
+    )
+
+
+@pytest.fixture
+def run_gateway() -> Iterator[Callable[..., str]]:
+    """``run_gateway(config)`` starts a gateway for this test and returns its base URL."""
+    stack: list[Any] = []
+
+    def start(config: GatewayConfig, **kwargs: Any) -> str:
+        ctx = serve(create_app(config, **kwargs))
+        url = ctx.__enter__()
+        stack.append(ctx)
+        return url
+
+    yield start
+    for ctx in reversed(stack):
+        ctx.__exit__(None, None, None)
+
+
+def headers_of(mapping: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in mapping.items()}
