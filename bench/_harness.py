@@ -369,6 +369,9 @@ def start_gateway(procs: Processes, workdir: Path, cpu: int | None, upstream_por
     port = port or free_port()
     if command:
         server = shlex.split(command.format(config=config, port=port, upstream=upstream_port))
+        # it runs in workdir: make relative paths (e.g. .venv/bin/python) absolute from here
+        server = [os.path.abspath(a) if "/" in a and not a.startswith("/") and Path(a).exists()
+                  else a for a in server]
     else:
         binary = gateway_binary()
         if not binary.exists():

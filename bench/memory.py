@@ -183,11 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     h.install_signal_handlers()
+    machine = h.machine_facts()
     if layout.client:
         os.sched_setaffinity(0, set(layout.client))
     path, model = (("/v1/audio/transcriptions", "openai/whisper-1") if args.route == "unified"
                    else ("/openai/v1/audio/transcriptions", "whisper-1"))
-    machine = h.machine_facts()
     procs = h.Processes()
     workdir = Path(tempfile.mkdtemp(prefix="bifrost-memory-"))
     rounds: list[Round] = []
