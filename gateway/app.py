@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from pathlib import Path
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -118,7 +119,9 @@ def create_app(
     *,
     contract: dict[str, Any] | None = None,
 ) -> AsyncApp:
-    contract = contract if contract is not None else spec.load_contract()
+    if contract is None:
+        spec_dir = config.server.spec_dir
+        contract = spec.load_contract(Path(spec_dir)) if spec_dir else spec.load_contract()
     gateway = Gateway(config, provider_ids=spec.provider_ids(contract))
     table = handlers.operations(gateway)
     missing = missing_handlers(contract, table)

@@ -75,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     check.set_defaults(handler=_check_config)
+
+    sync = commands.add_parser(
+        "spec-sync",
+        help="regenerate openapi/bifrost.yaml from a newer upstream Bifrost OpenAPI document",
+        description="Cut the transcription operations and the components they use out of an upstream "
+        "Bifrost OpenAPI 3.1 document (JSON or YAML) and write them as the project's document. Our own "
+        "deltas stay in openapi/overlay.yaml; the merged contract is checked before anything is written.",
+    )
+    sync.add_argument("upstream", metavar="UPSTREAM", help="path of the upstream document")
+    sync.add_argument("--out", metavar="PATH", help="where to write (default: the bundled openapi/bifrost.yaml)")
+    sync.add_argument("--check", action="store_true",
+                      help="write nothing; exit 1 when the document's operations or schemas (prose aside) differ "
+                      "from what upstream gives")
+    sync.set_defaults(handler=_spec_sync)
     return parser
 
 
@@ -142,6 +156,36 @@ def _check_config(args: argparse.Namespace) -> int:
     path = _config_path(args)
     config = load_config(path, os.environ)
     print("\n".join(summary(config, path)))
+    return 0
+
+
+def _spec_sync(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from gateway import spec
+    from gateway.spec_sync import contract_shape, sync, to_yaml
+
+    try:
+        upstream = yaml.safe_load(Path(args.upstream).read_text(encoding="utf-8"))
+        document = sync(upstream)
+        overlay = yaml.safe_load((spec.OPENAPI_DIR / "overlay.yaml").read_text(encoding="utf-8"))
+        spec.to_connexion(spec.apply_overlay(document, overlay))  # the merged contract must still build
+    except (OSError, yaml.YAMLError, spec.ContractError) as exc:
+        print(f"bifrost-stt: spec-sync: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    out = Path(args.out) if args.out else spec.OPENAPI_DIR / "bifrost.yaml"
+    text = to_yaml(document)
+    if args.check:
+        current = yaml.safe_load(out.read_text(encoding="utf-8")) if out.exists() else None
+        if contract_shape(current) != contract_shape(document):
+            print(f"{out} differs from what {args.upstream} gives; run without --check to rewrite it")
+            return 1
+        print(f"{out} is in sync with {args.upstream}")
+        return 0
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out} ({len(document.get('paths', {}))} paths)")
     return 0
 
 

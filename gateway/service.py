@@ -52,11 +52,6 @@ class Gateway:
             impl = registry.build(cfg, client)
             slots[provider_id] = ProviderSlot(cfg, impl, drop_excess=self.config.client.drop_excess_requests)
         self._router = Router(slots)
-        if self.config.ignored_sections:
-            log.warning(
-                "config sections accepted but not used by this gateway: %s",
-                ", ".join(self.config.ignored_sections),
-            )
         log.info("providers ready: %s", ", ".join(sorted(slots)) or "none (configure one: see README)")
 
     async def aclose(self) -> None:

@@ -138,3 +138,19 @@ def _name_stream_event(doc: dict[str, Any]) -> None:
     schemas[STREAM_EVENT_COMPONENT] = inline[0]["schema"]
     for media in inline:
         media["schema"] = {"$ref": f"#/components/schemas/{STREAM_EVENT_COMPONENT}"}
+
+
+_PROSE = frozenset({"description", "summary", "example", "examples", "externalDocs", "title"})
+
+
+def contract_shape(doc: Any) -> Any:
+    """``doc`` without prose (descriptions, summaries, examples, info, tags): what clients rely on."""
+    if isinstance(doc, dict):
+        return {
+            k: contract_shape(v)
+            for k, v in doc.items()
+            if k not in _PROSE and not (k in ("info", "tags", "servers") and "openapi" in doc)
+        }
+    if isinstance(doc, list):
+        return [contract_shape(v) for v in doc]
+    return doc
