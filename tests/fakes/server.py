@@ -292,9 +292,23 @@ class FakeServer:
             recorded.disconnected = True
             raise
 
+    @staticmethod
+    async def _pause(request: web.Request, recorded: Recorded, seconds: float) -> bool:
+        """Sleep ``seconds``; False (and ``recorded.disconnected``) as soon as the client hangs up meanwhile.
+
+        aiohttp does not cancel a handler whose client went away, so the transport is watched instead.
+        """
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if request.transport is None or request.transport.is_closing():
+                recorded.disconnected = True
+                return False
+            await asyncio.sleep(min(left, 0.01))
+        return True
+
     async def _send(self, request: web.Request, recorded: Recorded, reply: Reply) -> web.StreamResponse:
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
+        if reply.delay and not await self._pause(request, recorded, reply.delay):
+            return web.Response(status=499)  # nobody is listening any more
         if reply.drop:
             assert request.transport is not None
             request.transport.close()
@@ -309,8 +323,8 @@ class FakeServer:
                     await asyncio.sleep(reply.event_delay)
                 data = event if isinstance(event, str) else json.dumps(event)
                 await response.write(f"data: {data}\n\n".encode())
-            if reply.stall:
-                await asyncio.sleep(reply.stall)
+            if reply.stall and not await self._pause(request, recorded, reply.stall):
+                return response
             await response.write_eof()
             return response
         body = reply.body
