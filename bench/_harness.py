@@ -227,6 +227,7 @@ class Processes:
     def __init__(self) -> None:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
+        self.started_pids: set[int] = set()  # every pid ever started here (for CPU accounting)
 
     def start(self, argv: list[str], log_path: Path, cwd: Path | None = None,
               stdout_pipe: bool = False, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -242,6 +243,7 @@ class Processes:
             start_new_session=True,  # own process group: Ctrl-C goes to us, we end it ourselves
         )
         self._procs.append(proc)
+        self.started_pids.add(proc.pid)
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
@@ -276,12 +278,16 @@ class Processes:
 
 
 def install_signal_handlers() -> None:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so ``finally`` blocks tear everything down."""
+    """Turn SIGINT/SIGTERM/SIGHUP into KeyboardInterrupt so ``finally`` blocks tear everything down.
+
+    SIGINT is set explicitly: a process started in the background of a non-interactive shell
+    inherits it ignored, and then Ctrl-C / ``kill -INT`` would do nothing.
+    """
 
     def _raise(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise)
 
 
@@ -491,14 +497,14 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
-def other_cpu_snapshot() -> dict[int, tuple[int, float]]:
-    """pid -> (start time, CPU seconds including reaped children) for every user-space process.
+def _uptime() -> float:
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
 
-    Kernel threads are left out (ksoftirqd & co. mostly carry the bench's own loopback traffic).
-    Counting reaped children's time (cutime/cstime) catches short-lived processes, e.g. a test run
-    that starts and ends within a measurement, through their surviving parent.
-    """
-    snapshot: dict[int, tuple[int, float]] = {}
+
+def _scan_processes() -> dict[tuple[int, int], float]:
+    """(pid, start time in ticks) -> user+system CPU seconds, for every user-space process."""
+    seen: dict[tuple[int, int], float] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -507,23 +513,62 @@ def other_cpu_snapshot() -> dict[int, tuple[int, float]]:
         except OSError:
             continue
         ppid, flags = int(fields[1]), int(fields[6])
-        if int(entry) == 2 or ppid == 2 or flags & 0x00200000:  # PF_KTHREAD
+        if int(entry) == 2 or ppid == 2 or flags & 0x00200000:  # kernel threads (PF_KTHREAD)
             continue
-        ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-        snapshot[int(entry)] = (int(fields[19]), ticks / CLK_TCK)
-    return snapshot
+        seen[(int(entry), int(fields[19]))] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return seen
 
 
-def other_cpu_seconds(before: dict[int, tuple[int, float]], after: dict[int, tuple[int, float]],
-                      exclude: set[int]) -> float:
-    """CPU seconds used between two snapshots by processes not in ``exclude``."""
-    total = 0.0
-    for pid, (start, cpu) in after.items():
-        if pid in exclude:
-            continue
-        previous = before.get(pid)
-        total += cpu - previous[1] if previous and previous[0] == start else cpu
-    return max(0.0, total)
+class OtherCpuWatcher:
+    """CPU used by processes outside the bench while it measures, in % of one core.
+
+    /proc is scanned at the start, every ``interval`` seconds and at the end; a process's share is
+    its CPU time at its last sighting minus at its first (or all of it when it started during the
+    window). Kernel threads are left out (ksoftirqd & co. mostly carry the bench's own loopback
+    traffic), and so is anything shorter-lived than ``interval``: the figure is a lower bound.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self._first: dict[tuple[int, int], float] = {}
+        self._last: dict[tuple[int, int], float] = {}
+        self._start_ticks = 0.0
+        self._t0 = 0.0
+        self._wall = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="other-cpu", daemon=True)
+
+    def __enter__(self) -> OtherCpuWatcher:
+        self._start_ticks = _uptime() * CLK_TCK
+        self._first = _scan_processes()
+        self._last = dict(self._first)
+        self._t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._last.update(_scan_processes())
+        self._wall = time.monotonic() - self._t0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._last.update(_scan_processes())
+
+    def percent(self, exclude: set[int]) -> float:
+        """Other processes' CPU over the window, % of one core (``exclude``: the bench's pids)."""
+        total = 0.0
+        for key, cpu in self._last.items():
+            pid, started = key
+            if pid in exclude:
+                continue
+            if key in self._first:
+                total += cpu - self._first[key]
+            elif started >= self._start_ticks - CLK_TCK:  # started during the window
+                total += cpu
+        cap = 100.0 * (os.cpu_count() or 1)
+        return min(cap, total / self._wall * 100) if self._wall else 0.0
 
 
 def mb(kib: int | float) -> float:

@@ -190,14 +190,10 @@ def measure(procs: h.Processes, target: str, size: int, concurrency: int, argv: 
     before_up = upstream_stats(upstream)
     gw_cpu0 = h.cpu_seconds(gateway.pid) if gateway else 0.0
     child0 = children_cpu_s()
-    others0 = h.other_cpu_snapshot()
-    wall0 = time.monotonic()
     hwm_ok = h.reset_hwm(gateway.pid) if gateway else False
     sampler = h.RssSampler(gateway.pid) if gateway else contextlib.nullcontext()
-    with sampler:
+    with h.OtherCpuWatcher() as others, sampler:
         load = run_load(procs, argv, duration, log)
-    wall = time.monotonic() - wall0
-    others1 = h.other_cpu_snapshot()
     client_cpu = children_cpu_s() - child0
     mine = {os.getpid(), *h.process_tree(upstream.pid)}
     gw_cpu = None
@@ -207,7 +203,9 @@ def measure(procs: h.Processes, target: str, size: int, concurrency: int, argv: 
         gw_cpu = h.cpu_seconds(gateway.pid) - gw_cpu0
         assert isinstance(sampler, h.RssSampler)
         peak = max(sampler.peak_kb, h.hwm_kb(gateway.pid) if hwm_ok else 0)
-    foreign = h.other_cpu_seconds(others0, others1, mine) / wall * 100 if wall else 0.0
+    # the load generator ran as our child: every process it was is ours too
+    mine.update(procs.started_pids)
+    foreign = others.percent(mine)
     after_up = upstream_stats(upstream)
     m = Measurement(
         target=target, size=size, concurrency=concurrency, load=load, client_cpu_s=client_cpu,
@@ -259,7 +257,10 @@ def render(machine: h.Machine, args: argparse.Namespace, layout: h.Layout, tool:
         "",
     ]
     if gateway_error:
-        lines += [f"**Gateway not measured:** {gateway_error}", ""]
+        first, _, rest = gateway_error.partition("\n")
+        lines += [f"**Gateway not measured:** {first}", ""]
+        if rest.strip():
+            lines += ["```", *rest.strip().splitlines()[-12:], "```", ""]
     if sanity:
         lines += [f"Sanity request through the gateway: {sanity}", ""]
 
@@ -332,7 +333,7 @@ def render(machine: h.Machine, args: argparse.Namespace, layout: h.Layout, tool:
             + ": those figures are pessimistic; re-run on a quiet machine"
         )
     if tool.startswith("Python"):
-        notes.append("wrk was unavailable: the Python load generator caps req/s well below wrk's")
+        notes.append("the Python load generator (bench/loadgen.py) ran instead of wrk: it caps req/s well below wrk's")
     if gateway_log.strip():
         notes.append("the gateway logged (at warning level or above):\n\n```\n" + gateway_log + "\n```")
     if notes:
@@ -486,9 +487,12 @@ def main(argv: list[str] | None = None) -> int:
                         gateway_error, sanity, gateway_log, route)
         report += f"Total run time {time.monotonic() - started:.0f} s; exit status {exit_code}.\n"
         print("\n" + report)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report)
-        print(f"written to {args.output}")
+        if exit_code == 130:
+            print(f"interrupted: {args.output} left as it was")
+        else:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(report)
+            print(f"written to {args.output}")
     return exit_code
 
 
