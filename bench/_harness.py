@@ -190,12 +190,13 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
 
 
 def http_post(url: str, body: bytes, headers: dict[str, str], timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+    """POST ``body``; (status, lower-cased headers, body), also for error statuses."""
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return resp.status, dict(resp.headers), resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
 
 
 # -- processes -----------------------------------------------------------------------------------
@@ -219,6 +220,30 @@ class Service:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_summary(self, start: int = 0, end: int | None = None, top: int = 12) -> str:
+        """Distinct log lines between two byte offsets, most frequent first, with their counts."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(start)
+                text = f.read(None if end is None else max(0, end - start)).decode(errors="replace")
+        except OSError:
+            return ""
+        counts: dict[str, int] = {}
+        for line in text.splitlines():
+            if line.strip():
+                counts[line.rstrip()] = counts.get(line.rstrip(), 0) + 1
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+        lines = [f"{n:6d} x {line[:200]}" for line, n in ranked[:top]]
+        if len(ranked) > top:
+            lines.append(f"       ... and {len(ranked) - top} other distinct lines")
+        return "\n".join(lines)
 
 
 class Processes:

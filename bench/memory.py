@@ -153,7 +153,7 @@ def render(machine: h.Machine, args: argparse.Namespace, layout: h.Layout, idle_
         lines += [f"Peak RSS with 16 concurrent 5 MB uploads: {h.mb(worst):.0f} MB "
                   f"(target ≤ 150 MB: {'met' if h.mb(worst) <= 150 else 'NOT met'}).", ""]
     if gateway_log.strip():
-        lines += ["The gateway logged:", "", "```", gateway_log, "```", ""]
+        lines += ["The gateway logged during the uploads (count x line):", "", "```", gateway_log, "```", ""]
     lines += ["RSS = VmRSS of the gateway and its children; peak = max of VmHWM (reset before each "
               "round) and 10 ms samples; 'upstream got' = requests and body bytes the fake upstream "
               "received during the round (✅ when every upload arrived in full).", ""]
@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         except h.BenchError as exc:
             print(f"gateway unavailable: {exc}", file=sys.stderr)
             return 2
+        startup_log_end = gateway.log_size()
         idle = h.settled_rss_kb(gateway.pid)
         print(f"gateway pid {gateway.pid}: idle RSS {h.mb(idle):.0f} MB", flush=True)
         url = f"http://127.0.0.1:{gateway.port}{path}"
@@ -214,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"    failures: {r.statuses}", flush=True)
                     exit_code = 1
         final = h.settled_rss_kb(gateway.pid)
-        report = render(machine, args, layout, idle, final, rounds, gateway.log_tail(40))
+        report = render(machine, args, layout, idle, final, rounds,
+                        gateway.log_summary(startup_log_end))
         print("\n" + report)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(report)
