@@ -2,6 +2,11 @@
 
 Adding a provider is one module exposing ``create(config, client)`` and one line in ``PROVIDERS``.
 Importing this module imports no vendor code; ``load`` does, for the kinds actually configured.
+
+What a kind can do is readable without building it (``capabilities``, for the README's matrix and the
+CLI): the module named in its line holds a constant named after the kind in upper snake case
+(``groq`` -> ``GROQ``, ``opencode-go`` -> ``OPENCODE_GO``): a ``Capabilities``, or a value carrying one
+as ``.capabilities`` (an ``openai_compat.Vendor``). The provider object's ``capabilities`` is that value.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from types import MappingProxyType
 import httpx
 
 from gateway.settings import ProviderConfig
+from providers.base import Capabilities
 
 Factory = Callable[[ProviderConfig, httpx.AsyncClient], object]
 
@@ -21,6 +27,9 @@ PROVIDERS: Mapping[str, str] = MappingProxyType(
         "openai": "providers.openai_compat:create_openai",
         "azure": "providers.openai_compat:create_azure",
         "groq": "providers.openai_compat:create_groq",
+        "huggingface": "providers.huggingface:create",
+        "vllm": "providers.openai_family:create_vllm",
+        "fireworks": "providers.openai_family:create_fireworks",
     }
 )
 
@@ -46,3 +55,23 @@ def load(kind: str) -> Factory:
 def build(config: ProviderConfig, client: httpx.AsyncClient) -> object:
     """The provider object for ``config`` (``config.kind`` picks the implementation)."""
     return load(config.kind)(config, client)
+
+
+def capabilities_name(kind: str) -> str:
+    """The module constant that declares ``kind``'s capabilities: ``opencode-go`` -> ``OPENCODE_GO``."""
+    return kind.upper().replace("-", "_")
+
+
+def capabilities(kind: str) -> Capabilities:
+    """What ``kind`` can do, read from its module without a client (see the module docstring)."""
+    load(kind)  # the same LookupError for an unknown kind
+    module_name = PROVIDERS[kind].partition(":")[0]
+    name = capabilities_name(kind)
+    value = getattr(importlib.import_module(module_name), name, None)
+    caps = value if isinstance(value, Capabilities) else getattr(value, "capabilities", None)
+    if not isinstance(caps, Capabilities):
+        raise LookupError(
+            f"{module_name} declares no capabilities for {kind!r}: add a module constant {name} = Capabilities(...)"
+            " (or a Vendor carrying them) and use it as the provider's .capabilities"
+        )
+    return caps

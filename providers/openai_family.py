@@ -1,0 +1,119 @@
+"""vLLM (and any self-hosted OpenAI-compatible Whisper server) and Fireworks, by delegation to openai_compat.
+
+Both speak OpenAI's multipart transcription protocol, so each is a ``Vendor`` of defaults handed to
+``OpenAICompatible``; what differs is only where the call goes and which model it names:
+
+    vllm       POST {key url | base_url}/v1/audio/transcriptions   Bearer only when the key has a value
+               a key's vllm_key_config.url / model_name override the base URL / the model per key
+    fireworks  POST {host}/v1/audio/transcriptions                 Bearer
+               host by model: whisper-v3-turbo -> audio-turbo.api.fireworks.ai, others -> audio-prod...
+               (``network_config.base_url`` replaces both, e.g. a dedicated endpoint)
+
+Neither streams over SSE in OpenAI's event shape (vLLM streams chat-style ``transcription.chunk``
+objects, Fireworks streams over WebSockets), so both declare ``native_stream=False`` and the gateway
+synthesizes streams from the finished transcript.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import httpx
+
+from gateway.canonical import TranscriptionRequest, TranscriptionResult
+from gateway.errors import GatewayError
+from gateway.settings import ProviderConfig
+from providers.base import Attempt, Capabilities
+from providers.openai_compat import ALL_FORMATS, OpenAICompatible, Vendor, bearer
+
+TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
+FIREWORKS_HOSTS = {
+    "whisper-v3-turbo": "https://audio-turbo.api.fireworks.ai",
+}
+FIREWORKS_DEFAULT_HOST = "https://audio-prod.api.fireworks.ai"  # whisper-v3 and anything else
+
+
+def _server_root(url: str) -> str:
+    """``http://h:8000/v1/`` -> ``http://h:8000``: users often paste the OpenAI-SDK style base URL."""
+    root = url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+def vllm_url(base: str | None, attempt: Attempt) -> str:
+    """The key's own server (vllm_key_config.url) wins over ``network_config.base_url``."""
+    url = attempt.key.url if attempt.key is not None and attempt.key.url else base
+    if not url:
+        raise GatewayError(
+            "vllm: no server URL configured (network_config.base_url or a key's vllm_key_config.url)",
+            provider="vllm",
+        )
+    return _server_root(url) + TRANSCRIPTIONS_PATH
+
+
+def fireworks_url(base: str | None, attempt: Attempt) -> str:
+    """A configured base URL serves every model; otherwise the public host that serves ``attempt.model``."""
+    host = base or FIREWORKS_HOSTS.get(attempt.model, FIREWORKS_DEFAULT_HOST)
+    return _server_root(host) + TRANSCRIPTIONS_PATH
+
+
+VLLM = Vendor(
+    default_base_url=None,
+    url_for=vllm_url,
+    auth_headers=bearer,  # nothing at all for key-less servers or keys without a value
+    capabilities=Capabilities(
+        # vLLM refuses srt/vtt ("Currently only support response_format `text`, `json` or `verbose_json`")
+        # and fills segments only (no word timings); VLLM_MAX_AUDIO_CLIP_FILESIZE_MB defaults to 25.
+        native_formats=frozenset({"json", "text", "verbose_json"}),
+        native_stream=False,
+        word_timestamps=False,
+        segment_timestamps=True,
+        max_file_mb=25,
+    ),
+)
+
+FIREWORKS = Vendor(
+    default_base_url=None,  # chosen per model by fireworks_url
+    url_for=fireworks_url,
+    auth_headers=bearer,
+    capabilities=Capabilities(
+        native_formats=ALL_FORMATS,
+        native_stream=False,
+        word_timestamps=True,
+        segment_timestamps=True,
+        # `diarize=true` passes through and Fireworks labels words with `speaker_id`, but the shared
+        # to_word/to_segment read only `speaker`: not claimed until they read `speaker_id` too.
+        diarization=False,
+        max_file_mb=1024,
+    ),
+)
+
+
+class PerKeyServer:
+    """An OpenAICompatible whose keys may name their own model (vllm_key_config.model_name).
+
+    The URL half of a vLLM key is handled by ``vllm_url``; the model half has to change the
+    ``Attempt`` itself, since the model goes into the multipart body.
+    """
+
+    def __init__(self, inner: OpenAICompatible) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.client = inner.client
+        self.capabilities = inner.capabilities
+
+    async def transcribe(self, request: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult:
+        return await self.inner.transcribe(request, per_key(attempt))
+
+
+def per_key(attempt: Attempt) -> Attempt:
+    """``attempt`` with the key's ``model_name`` as the upstream model, when the key sets one."""
+    key = attempt.key
+    return replace(attempt, model=key.model_name) if key is not None and key.model_name else attempt
+
+
+def create_vllm(config: ProviderConfig, client: httpx.AsyncClient) -> PerKeyServer:
+    return PerKeyServer(OpenAICompatible(config.id, config, client, VLLM))
+
+
+def create_fireworks(config: ProviderConfig, client: httpx.AsyncClient) -> OpenAICompatible:
+    return OpenAICompatible(config.id, config, client, FIREWORKS)
