@@ -5,8 +5,9 @@ Importing this module imports no vendor code; ``load`` does, for the kinds actua
 
 What a kind can do is readable without building it (``capabilities``, for the README's matrix and the
 CLI): the module named in its line holds a constant named after the kind in upper snake case
-(``groq`` -> ``GROQ``, ``opencode-go`` -> ``OPENCODE_GO``): a ``Capabilities``, or a value carrying one
-as ``.capabilities`` (an ``openai_compat.Vendor``). The provider object's ``capabilities`` is that value.
+(``groq`` -> ``GROQ``, ``opencode-go`` -> ``OPENCODE_GO``), or, when the module implements only that
+kind, ``CAPABILITIES``. The constant is a ``Capabilities`` or a value carrying one as ``.capabilities``
+(an ``openai_compat.Vendor``); the provider object's ``capabilities`` is that same value.
 """
 
 from __future__ import annotations
@@ -66,8 +67,12 @@ def capabilities(kind: str) -> Capabilities:
     """What ``kind`` can do, read from its module without a client (see the module docstring)."""
     load(kind)  # the same LookupError for an unknown kind
     module_name = PROVIDERS[kind].partition(":")[0]
+    module = importlib.import_module(module_name)
     name = capabilities_name(kind)
-    value = getattr(importlib.import_module(module_name), name, None)
+    value = getattr(module, name, None)
+    sole = [k for k, target in PROVIDERS.items() if target.partition(":")[0] == module_name] == [kind]
+    if value is None and sole:
+        value = getattr(module, "CAPABILITIES", None)
     caps = value if isinstance(value, Capabilities) else getattr(value, "capabilities", None)
     if not isinstance(caps, Capabilities):
         raise LookupError(

@@ -1,0 +1,216 @@
+"""vllm and custom named OpenAI-compatible providers: URLs, per-key servers, key-less calls, config files, SDK."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from gateway.app import create_app
+from gateway.canonical import BytesAudio, TranscriptionRequest
+from gateway.config import load_config
+from gateway.errors import GatewayError, UpstreamError
+from gateway.settings import KeyConfig, Secret
+from providers import registry
+from providers.base import Attempt, StreamingTranscriber
+from providers.http import make_client
+from providers.openai_compat import OpenAICompatible
+from providers.openai_family import VLLM, PerKeyServer, vllm_url
+from tests.audio import wav_bytes
+from tests.fakes.openai import TRANSCRIPT
+from tests.fakes.vllm import VLLM_KEY, VLLM_MODEL, FakeVLLM
+from tests.support import serve
+
+WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(2000)
+
+
+def request(**kw: Any) -> TranscriptionRequest:
+    kw.setdefault("audio", BytesAudio(WAV, filename="speech.wav", content_type="audio/wav", format="wav"))
+    return TranscriptionRequest(provider="vllm", model="whisper", **kw)
+
+
+# ------------------------------------------------------------------------------------------ conversions
+
+
+def test_url_key_server_wins_and_v1_suffix_is_tolerated() -> None:
+    plain = Attempt(key=None, model="m", timeout=1)
+    assert vllm_url("http://gpu:8000", plain) == "http://gpu:8000/v1/audio/transcriptions"
+    assert vllm_url("http://gpu:8000/v1/", plain) == "http://gpu:8000/v1/audio/transcriptions"
+    keyed = Attempt(key=KeyConfig(name="k", url="http://other:9000/v1"), model="m", timeout=1)
+    assert vllm_url("http://gpu:8000", keyed) == "http://other:9000/v1/audio/transcriptions"
+    with pytest.raises(GatewayError, match="vllm_key_config.url"):
+        vllm_url(None, plain)
+
+
+def test_capabilities_declared_without_a_client() -> None:
+    caps = registry.capabilities("vllm")
+    assert caps is VLLM.capabilities and not caps.native_stream and not caps.word_timestamps
+    assert caps.native_formats == {"json", "text", "verbose_json"}
+
+
+# ------------------------------------------------------------------------------------------ on the wire
+
+
+async def test_key_less_call_sends_no_authorization(fake_vllm: FakeVLLM) -> None:
+    cfg = fake_vllm.provider_config()
+    impl = registry.build(cfg, make_client(cfg))
+    assert isinstance(impl, PerKeyServer) and not isinstance(impl, StreamingTranscriber)
+    try:
+        result = await impl.transcribe(request(response_format="verbose_json"), Attempt(key=None, model=VLLM_MODEL, timeout=5))
+    finally:
+        await impl.client.aclose()
+    assert result.text == TRANSCRIPT and result.segments and result.language == "en"
+    assert result.usage is not None and result.usage.seconds == 4
+    seen = fake_vllm.last
+    assert seen.path == "/v1/audio/transcriptions" and "authorization" not in seen.headers
+    assert seen.form[0] == ("model", VLLM_MODEL) and seen.names[-1] == "file"
+
+
+async def test_per_key_url_and_model_name(fake_vllm: FakeVLLM, fake_upstream: Any) -> None:
+    cfg = fake_vllm.provider_config(base_url=fake_upstream.url)  # a base URL the key's own url overrides
+    impl = registry.build(cfg, make_client(cfg))
+    assert isinstance(impl, PerKeyServer)
+    fake_vllm.api_keys = {VLLM_KEY}
+    key = KeyConfig(name="gpu-a", value=Secret(VLLM_KEY), url=fake_vllm.url + "/v1", model_name=VLLM_MODEL)
+    try:
+        result = await impl.transcribe(request(), Attempt(key=key, model="whisper", timeout=5))
+        with pytest.raises(UpstreamError) as info:
+            wrong = KeyConfig(name="gpu-a", value=Secret("not-the-key-123"), url=fake_vllm.url, model_name=VLLM_MODEL)
+            await impl.transcribe(request(), Attempt(key=wrong, model="whisper", timeout=5))
+    finally:
+        await impl.client.aclose()
+    assert result.text == TRANSCRIPT and fake_upstream.requests == []
+    first = fake_vllm.requests[0]
+    assert first.field("model") == VLLM_MODEL and first.headers["authorization"] == f"Bearer {VLLM_KEY}"
+    assert (info.value.status, info.value.message) == (401, "Unauthorized")
+
+
+async def test_vllm_errors_keep_status_and_message(fake_vllm: FakeVLLM) -> None:
+    cfg = fake_vllm.provider_config()
+    impl = registry.build(cfg, make_client(cfg))
+    assert isinstance(impl, PerKeyServer)
+    try:
+        with pytest.raises(UpstreamError) as bad_format:
+            await impl.transcribe(request(response_format="srt"), Attempt(key=None, model=VLLM_MODEL, timeout=5))
+        with pytest.raises(UpstreamError) as bad_model:
+            await impl.transcribe(request(), Attempt(key=None, model="nope", timeout=5))
+    finally:
+        await impl.client.aclose()
+    assert (bad_format.value.status, bad_format.value.error_type) == (400, "BadRequestError")
+    assert "verbose_json" in bad_format.value.message
+    assert (bad_model.value.status, bad_model.value.message) == (404, "The model `nope` does not exist.")
+
+
+# ------------------------------------------------------------------------- a config file, end to end (SDK)
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory: pytest.TempPathFactory, _fake_vllm_server: FakeVLLM, _fake_upstream_server: Any) -> Path:
+    """Upstream-shaped config.json: vllm with a per-key server, and two custom named key-less providers."""
+    document = {
+        "providers": {
+            "vllm": {
+                "network_config": {"base_url": _fake_upstream_server.url},  # never used: the key's url wins
+                "keys": [{
+                    "name": "gpu-a", "value": "", "weight": 1, "models": ["*"],
+                    "vllm_key_config": {"url": _fake_vllm_server.url + "/v1", "model_name": VLLM_MODEL},
+                }],
+            },
+            "selfhosted": {
+                "keys": [],
+                "network_config": {"base_url": _fake_vllm_server.url},
+                "custom_provider_config": {"base_provider_type": "vllm", "is_key_less": True},
+            },
+            "office-whisper": {
+                "keys": [],
+                "network_config": {"base_url": _fake_vllm_server.url},
+                "custom_provider_config": {"base_provider_type": "openai", "is_key_less": True},
+            },
+        }
+    }
+    path = tmp_path_factory.mktemp("config") / "config.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sdk(config_file: Path) -> Iterator[openai.OpenAI]:
+    config = load_config(config_file, env={})
+    assert config.providers["selfhosted"].kind == "vllm" and config.providers["selfhosted"].is_key_less
+    assert config.providers["office-whisper"].kind == "openai"
+    with serve(create_app(config)) as url:
+        yield openai.OpenAI(base_url=f"{url}/openai/v1", api_key="sk-client", max_retries=0)
+
+
+def upload() -> tuple[str, bytes, str]:
+    return ("speech.wav", wav_bytes(), "audio/wav")
+
+
+@pytest.mark.parametrize("provider", ["selfhosted", "vllm"])
+@pytest.mark.parametrize("fmt", ["json", "verbose_json", "text", "srt", "vtt"])
+def test_sdk_every_format(sdk: openai.OpenAI, fake_vllm: FakeVLLM, provider: str, fmt: str) -> None:
+    model = VLLM_MODEL if provider == "selfhosted" else "whisper"
+    result: Any = sdk.audio.transcriptions.create(model=f"{provider}/{model}", file=upload(), response_format=fmt)  # type: ignore[call-overload]
+    if fmt in ("json", "verbose_json"):
+        assert result.text == TRANSCRIPT
+    if fmt == "verbose_json":
+        assert result.segments and result.segments[0].end == 4.5 and result.language == "en"
+    if fmt == "text":
+        assert result.strip() == TRANSCRIPT
+    if fmt == "srt":
+        assert result.startswith("1\n00:00:00,000 --> 00:00:04,500\n")
+    if fmt == "vtt":
+        assert result.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:04.500\n")
+    seen = fake_vllm.last
+    assert seen.path == "/v1/audio/transcriptions" and "authorization" not in seen.headers  # key without a value
+    assert seen.field("model") == VLLM_MODEL  # the key's model_name for "vllm/whisper"
+    # vLLM cannot render srt/vtt: the gateway asked for verbose_json and rendered them
+    assert seen.field("response_format") == ("verbose_json" if fmt in ("srt", "vtt") else fmt)
+    assert seen.file is not None and seen.file.data == wav_bytes()
+
+
+def test_sdk_stream_is_synthesized(sdk: openai.OpenAI, fake_vllm: FakeVLLM) -> None:
+    events = list(sdk.audio.transcriptions.create(model=f"selfhosted/{VLLM_MODEL}", file=upload(), stream=True))
+    assert events[-1].type == "transcript.text.done" and events[-1].text == TRANSCRIPT
+    assert "".join(e.delta for e in events if e.type == "transcript.text.delta") == TRANSCRIPT
+    assert fake_vllm.last.field("stream") is None  # vLLM's own stream dialect is not used
+
+
+def test_sdk_custom_openai_type_provider(sdk: openai.OpenAI, fake_vllm: FakeVLLM) -> None:
+    text = sdk.audio.transcriptions.create(model=f"office-whisper/{VLLM_MODEL}", file=upload(), response_format="text")
+    assert text.strip() == TRANSCRIPT
+    assert fake_vllm.last.field("model") == VLLM_MODEL and "authorization" not in fake_vllm.last.headers
+
+
+def test_sdk_server_with_api_key_rejects_a_key_less_call(sdk: openai.OpenAI, fake_vllm: FakeVLLM) -> None:
+    fake_vllm.api_keys = {VLLM_KEY}
+    with pytest.raises(openai.AuthenticationError) as info:
+        sdk.audio.transcriptions.create(model=f"selfhosted/{VLLM_MODEL}", file=upload())
+    body: Any = info.value.body
+    assert body["message"].startswith("Unauthorized") and info.value.status_code == 401
+
+
+def test_sdk_upstream_refused_model_is_relayed(sdk: openai.OpenAI, fake_vllm: FakeVLLM) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        sdk.audio.transcriptions.create(model="selfhosted/whisper-nonexistent", file=upload())
+    assert "does not exist" in str(info.value)
+
+
+def test_httpx_unified_route_wraps_text(sdk: openai.OpenAI, fake_vllm: FakeVLLM) -> None:
+    base = str(sdk.base_url).removesuffix("/openai/v1/")
+    r = httpx.post(f"{base}/v1/audio/transcriptions", data={"model": f"selfhosted/{VLLM_MODEL}", "response_format": "srt"},
+                   files={"file": upload()}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["text"].startswith("1\n00:00:00,000 --> ")
+    # extra_fields.provider is the contract's enum (the base kind); the header names the custom provider
+    assert r.json()["extra_fields"]["provider"] == "vllm" and r.headers["x-bifrost-provider"] == "selfhosted"
+
+
+def test_openai_compatible_type_is_reused_not_subclassed() -> None:
+    assert not issubclass(PerKeyServer, OpenAICompatible)
