@@ -28,6 +28,8 @@ PROVIDERS: Mapping[str, str] = MappingProxyType(
         "openai": "providers.openai_compat:create_openai",
         "azure": "providers.openai_compat:create_azure",
         "groq": "providers.openai_compat:create_groq",
+        "mistral": "providers.mistral:create",
+        "elevenlabs": "providers.elevenlabs:create",
         "huggingface": "providers.huggingface:create",
         "vllm": "providers.openai_family:create_vllm",
         "fireworks": "providers.openai_family:create_fireworks",
