@@ -26,6 +26,7 @@ from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import ConnexionMiddleware
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
+from connexion.validators import ParameterValidator
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -66,6 +67,33 @@ class ContractEndpoint:
         await self.app(scope, receive, send)
 
 
+class HeaderCoercingParameterValidator(ParameterValidator):
+    """Connexion 3.3 checks header parameters as raw strings against their schema, so every integer,
+    number or boolean header (``x-bf-async-job-result-ttl: 3600``) fails as "'3600' is not of type
+    'integer'". Query and path values are coerced by the URI parser; headers are coerced here."""
+
+    def validate_header_parameter(self, param: dict[str, Any], request: Any) -> str | None:
+        value = request.headers.get(param["name"])
+        return self.validate_parameter("header", _coerce_header(value, param.get("schema", {})), param)
+
+
+def _coerce_header(value: str | None, schema: Mapping[str, Any]) -> Any:
+    if value is None:
+        return None
+    kind, text = schema.get("type"), value.strip()
+    try:
+        if kind == "integer":
+            return int(text)
+        if kind == "number":
+            number = float(text)
+            return number if number == number and abs(number) != float("inf") else value
+    except ValueError:
+        return value
+    if kind == "boolean" and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return value
+
+
 def missing_handlers(contract: Mapping[str, Any], table: Mapping[str, Any]) -> list[str]:
     """operationIds in the contract that no handler serves."""
     return sorted({op for _, _, op in spec.operations(dict(contract))} - set(table))
@@ -78,7 +106,9 @@ def _as_gateway_error(exc: Exception) -> GatewayError:
         log.error("response broke the contract: %s", exc.detail)
         return GatewayError(f"the gateway produced a response that breaks the contract: {exc.detail}")
     if isinstance(exc, ProblemException):
-        message = str(exc.detail or exc.title or "bad request")
+        # Connexion's parameter errors are jsonschema dumps ("... Failed validating ... On instance ..."):
+        # the first paragraph says it all.
+        message = str(exc.detail or exc.title or "bad request").split("\n\n", 1)[0].strip() or "bad request"
         headers = dict(exc.headers or {})
         if exc.status == 415:
             return UnsupportedMediaType(message, headers=headers)
@@ -151,7 +181,8 @@ def create_app(
         resolver=Resolver(function_resolver=table.__getitem__),
         validate_responses=True,
         strict_validation=False,
-        validator_map=validator_map(make_validator_map(limits)["body"]),
+        validator_map={**validator_map(make_validator_map(limits)["body"]),
+                       "parameter": HeaderCoercingParameterValidator},
         swagger_ui_options=swagger,
     )
     for exc_class in (GatewayError, ProblemException, HTTPException, Exception):

@@ -13,5 +13,5 @@ async def create_async_transcription() -> Response:
     )
 
 
-async def get_async_transcription_job() -> Response:
+async def get_async_transcription_job(job_id: str) -> Response:
     raise NotImplementedYet("async transcription jobs are not available in this gateway yet")
