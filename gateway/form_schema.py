@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from gateway.errors import ClientError, GatewayError
 
 FILE_PLACEHOLDER = ""  # stands in for a file during schema validation, so ``format: binary`` strings pass
 _TRUE, _FALSE = frozenset({"true", "1"}), frozenset({"false", "0"})
+_INTEGER = re.compile(r"\s*[-+]?\d+\s*", re.ASCII)
+_NUMBER = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +89,12 @@ def _coerce_scalar(value: str, kind: str) -> Any:
         low = value.strip().lower()
         return True if low in _TRUE else False if low in _FALSE else value
     if kind == "integer":
-        try:
-            return int(value)
-        except ValueError:
-            return value
+        return int(value) if _INTEGER.fullmatch(value) else value
     if kind == "number":
-        try:
-            number = float(value)
-        except ValueError:
+        # JSON's number syntax only: Python's float() also reads "1_0", "nan", "infinity".
+        if not _NUMBER.fullmatch(value):
             return value
+        number = float(value)
         return number if math.isfinite(number) else value
     if kind == "object" and value.lstrip().startswith("{"):
         try:

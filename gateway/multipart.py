@@ -18,6 +18,7 @@ Wiring: ``connexion.AsyncApp(..., validator_map=make_validator_map(limits))``. E
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import weakref
 from collections.abc import AsyncIterator, Mapping
@@ -33,7 +34,7 @@ from starlette.types import Message, Receive, Scope
 
 from gateway import sniff
 from gateway.canonical import AudioSource, BytesAudio, FileAudio
-from gateway.errors import ClientError, GatewayError, PayloadTooLarge
+from gateway.errors import ClientError, GatewayError, PayloadTooLarge, UnsupportedMediaType
 from gateway.form_schema import FILE_PLACEHOLDER, Plan, PlanCache, coerce, schema_error
 
 SCOPE_KEY = "bifrost.form"
@@ -43,6 +44,7 @@ PARSED_CONTENT_TYPE = b"application/x-bifrost-parsed-form"
 """What the downstream scope says instead of multipart: Starlette's ``Request.form()`` ignores it."""
 
 HEAD_BYTES = 64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +238,9 @@ class _FormReader:
         if disposition != b"form-data" or b"name" not in options:
             raise ClientError("malformed multipart body: a part has no form-data name")
         name = _decode(options[b"name"])
+        if _CONTROL.search(name):
+            # Unknown fields are passed on to the provider: a NUL or newline in a name must not travel there.
+            raise ClientError(f"malformed multipart body: the form field name {name!r} holds control characters")
         raw_filename = options.get(b"filename")
         part = _Part(name)
         prop = self._plan.props.get(_normalise(name))
@@ -389,6 +394,9 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 def _boundary(content_type: str | None) -> bytes:
+    if not content_type:
+        # Connexion hands a body without Content-Type to the operation's only media type: say what to send.
+        raise UnsupportedMediaType("the request body must be multipart/form-data (no Content-Type was sent)")
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
