@@ -33,6 +33,8 @@ PROVIDERS: Mapping[str, str] = MappingProxyType(
         "huggingface": "providers.huggingface:create",
         "vllm": "providers.openai_family:create_vllm",
         "fireworks": "providers.openai_family:create_fireworks",
+        "gemini": "providers.gemini:create",
+        "deepgram": "providers.deepgram:create",
     }
 )
 
