@@ -29,9 +29,10 @@ import orjson
 
 from gateway.canonical import AudioSource, Segment, TranscriptionRequest, TranscriptionResult, Word
 from gateway.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
-from gateway.settings import KeyConfig, ProviderConfig
+from gateway.settings import ProviderConfig
 from providers.base import Attempt, Capabilities
 from providers.http import map_transport_errors, parse_json, raise_for_upstream, redact, upload_filename
+from providers.openai_compat import bearer
 
 DEFAULT_BASE_URL = "https://router.huggingface.co/hf-inference"
 RAW_ROUTE = "hf-inference"  # the route that takes raw audio when there are no parameters
@@ -223,10 +224,6 @@ def to_error(provider: str, status: int, body: bytes, headers: Mapping[str, str]
 # ------------------------------------------------------------------------------------------ adapter
 
 
-def _auth(key: KeyConfig | None) -> dict[str, str]:
-    return {"authorization": f"Bearer {key.value.reveal()}"} if key is not None and key.value else {}
-
-
 class HuggingFace:
     """Transcriber for the Hub's automatic-speech-recognition task (no native streaming)."""
 
@@ -252,7 +249,7 @@ class HuggingFace:
     def _request(self, request: TranscriptionRequest, attempt: Attempt) -> httpx.Request:
         """A fresh upstream request: raw audio when the route allows it and nothing else is asked."""
         parameters = to_parameters(self.name, request)
-        headers = {**_auth(attempt.key), "accept": "application/json"}
+        headers = {**bearer(attempt.key), "accept": "application/json"}  # none when key-less
         if not parameters and accepts_raw(self.base_url):
             headers["content-type"] = upload_filename(request.audio)[1]
             length, body = request.audio.size, _checked(request.audio)
