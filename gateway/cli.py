@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     check.set_defaults(handler=_check_config)
 
+    caps = commands.add_parser(
+        "capabilities",
+        help="print the provider capability matrix (native formats, streaming, timestamps, diarization)",
+        description="Print, as Markdown, what each registered provider does natively. Formats and streaming "
+        "a provider lacks are still served: the gateway renders and streams them itself.",
+    )
+    caps.set_defaults(handler=_capabilities)
+
     sync = commands.add_parser(
         "spec-sync",
         help="regenerate openapi/bifrost.yaml from a newer upstream Bifrost OpenAPI document",
@@ -156,6 +164,13 @@ def _check_config(args: argparse.Namespace) -> int:
     path = _config_path(args)
     config = load_config(path, os.environ)
     print("\n".join(summary(config, path)))
+    return 0
+
+
+def _capabilities(_args: argparse.Namespace) -> int:
+    from providers.matrix import render_matrix
+
+    print(render_matrix())
     return 0
 
 
