@@ -67,6 +67,32 @@ class ContractEndpoint:
         await self.app(scope, receive, send)
 
 
+class LowerCaseMediaType:
+    """Lower-cases the media type of the request's Content-Type, keeping its parameters as sent.
+
+    Media types are case-insensitive (RFC 9110 §8.3.1). Connexion checks ``Multipart/Form-Data`` against
+    the operation case-insensitively, but looks up the body schema and the body validator as sent, finds
+    neither, and the handler got no parsed form (a 400 "file is required" for a correct upload). The
+    boundary is case-sensitive, so only the part before the first ``;`` changes.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            for index, (name, value) in enumerate(headers):
+                if name.lower() == b"content-type":
+                    media, sep, params = value.partition(b";")
+                    if media != media.lower() or media != media.strip():
+                        headers = list(headers)
+                        headers[index] = (name, media.strip().lower() + sep + params)
+                        scope = {**scope, "headers": headers}
+                    break
+        await self.app(scope, receive, send)
+
+
 class HeaderCoercingParameterValidator(ParameterValidator):
     """Connexion 3.3 checks header parameters as raw strings against their schema, so every integer,
     number or boolean header (``x-bf-async-job-result-ttl: 3600``) fails as "'3600' is not of type
@@ -174,6 +200,7 @@ def create_app(
     contract_body = orjson.dumps(contract)
     middlewares = list(ConnexionMiddleware.default_middlewares)
     middlewares.insert(2, functools.partial(ContractEndpoint, body=contract_body))
+    middlewares.insert(3, LowerCaseMediaType)
     swagger = SwaggerUIOptions(serve_spec=False, swagger_ui=True, swagger_ui_path="/docs", spec_path="/openapi.json")
     app = AsyncApp(__name__, lifespan=lifespan, middlewares=middlewares, swagger_ui_options=swagger)
     app.add_api(
