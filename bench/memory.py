@@ -1,6 +1,6 @@
 """How much memory does the gateway use for large concurrent uploads?
 
-    .venv/bin/python bench/memory.py [--scenario 16x5m --scenario 1x25m] [--rounds 3]
+    .venv/bin/python bench/memory.py [--scenario 16x5m --scenario 16x1m --scenario 1x25m] [--rounds 5]
                                      [--chunked] [--file-first] [--route unified|openai] [--cores U,G,C]
 
 Starts the fake upstream and ``bifrost-stt serve`` (1 worker, own core), then for each scenario
@@ -164,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", type=parse_scenario, action="append",
-                        help="N x SIZE, repeatable (default: 16x5m and 1x25m)")
-    parser.add_argument("--rounds", type=int, default=3, help="repetitions of each scenario (default 3)")
+                        help="N x SIZE, repeatable (default: 16x5m, 16x1m and 1x25m; 1 MB sits just "
+                             "under the gateway's default 1 MiB spool threshold, so it is kept in memory)")
+    parser.add_argument("--rounds", type=int, default=5, help="repetitions of each scenario (default 5)")
     parser.add_argument("--chunked", action="store_true", help="send Transfer-Encoding: chunked")
     parser.add_argument("--file-first", action="store_true", help="put the file part before model")
     parser.add_argument("--route", choices=("unified", "openai"), default="unified")
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                         "command line with {config} and {port} placeholders")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    scenarios = args.scenario or [(16, 5_000_000), (1, 25_000_000)]
+    scenarios = args.scenario or [(16, 5_000_000), (16, 1_000_000), (1, 25_000_000)]
     if args.rounds < 1:
         parser.error("--rounds must be ≥ 1")
     try:
