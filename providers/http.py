@@ -14,6 +14,7 @@ Errors. Everything that can go wrong on the wire is mapped here, once, into ``ga
     non-2xx with HTML / empty / non-JSON   -> UpstreamUnavailable 502
     2xx with empty / HTML body, JSON due   -> UpstreamUnavailable 502
     connect refused, reset, protocol error -> UpstreamUnavailable 502
+    body cut short (truncated, reset)      -> UpstreamUnavailable 502 ("broke off its answer")
     connect / read / total timeout         -> UpstreamTimeout 504
 
 No message built here ever contains a key: callers pass their secrets and any echo of them is masked.
@@ -323,6 +324,7 @@ def map_transport_errors(
                 provider=provider,
             ) from exc
         reason = redact(str(exc) or type(exc).__name__, keys)[:200]
-        raise UpstreamUnavailable(
-            f"could not reach {provider} ({type(exc).__name__}: {reason})", provider=provider
-        ) from exc
+        # A body cut short (reset or closed before Content-Length was met) is not "unreachable".
+        broke_off = isinstance(exc.__cause__, aiohttp.ClientPayloadError) or isinstance(exc, httpx.RemoteProtocolError)
+        what = f"{provider} broke off its answer" if broke_off else f"could not reach {provider}"
+        raise UpstreamUnavailable(f"{what} ({type(exc).__name__}: {reason})", provider=provider) from exc

@@ -40,9 +40,10 @@ class Fault(Reply):
     rst: bool = False
 
 
-def status(code: int, message: str | None = None, *, retry_after: str | None = None, **kw: Any) -> Reply:
-    kind = "server_error" if code >= 500 else "rate_limit_error" if code == 429 else "invalid_request_error"
-    reply = error_reply(code, message or f"upstream says {code}", kind, **kw)
+def status(http: int, message: str | None = None, *, retry_after: str | None = None, **kw: Any) -> Reply:
+    """``kw``: the error object's ``code`` / ``param``."""
+    kind = "server_error" if http >= 500 else "rate_limit_error" if http == 429 else "invalid_request_error"
+    reply = error_reply(http, message or f"upstream says {http}", kind, **kw)
     if retry_after is not None:
         reply.headers = {"retry-after": retry_after}
     return reply

@@ -382,7 +382,7 @@ async def test_drop_excess_refuses_when_no_slot_is_free_without_waiting() -> Non
     first = asyncio.create_task(r.transcribe(request()))
     await asyncio.sleep(0.01)
     with pytest.raises(Overloaded) as info:
-        await r.transcribe(request())
+        await asyncio.wait_for(r.transcribe(request()), 1)  # refused, not queued
     assert "drop_excess_requests" in info.value.message and r.slots["openai"].waiting == 0
     impl.gate.set()  # type: ignore[union-attr]
     await first
