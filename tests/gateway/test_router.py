@@ -261,7 +261,7 @@ async def test_model_no_key_allows_is_400_and_all_keys_disabled_is_503() -> None
 async def test_direct_key_replaces_configured_keys_only_when_allowed_and_only_for_its_provider() -> None:
     openai, groq = ScriptedProvider([upstream(500)]), ScriptedProvider()
     r = router((config(direct=True, keys=[key("conf", aliases={"whisper-1": "dep"})]), openai),
-               (config("groq"), groq))
+               (config("groq", direct=True), groq))
     req = request(direct_key="sk-client-own-key", fallbacks=("groq/whisper-large-v3",))
     await r.transcribe(req)
     assert (openai.calls[0].key, openai.calls[0].value, openai.calls[0].model) == ("client-supplied", "sk-client-own-key", "dep")

@@ -116,7 +116,7 @@ def test_each_fault_what_the_client_gets_and_what_reached_upstream(run_gateway: 
         assert "openai" in body["error"]["message"] and "0.4 s" in body["error"]["message"]
     if name == "429":
         assert r.headers["retry-after"] == "0.05"  # the upstream's hint travels to the client
-    assert up.openai.key() and up.openai.last.file.data == wav_bytes()
+    assert all(req.file.data == wav_bytes() for req in up.openai.requests)
 
     if retried:  # one fault, then a good answer: the client never notices
         up.openai.enqueue(make(), path=OPENAI_PATH)
@@ -221,7 +221,7 @@ def test_direct_keys_are_used_only_when_allowed(run_gateway: Any, up: Any) -> No
     client_key = "sk-client-own-key-998877"
     up.openai.keys.add(client_key)
     allowed = replace(up.openai.provider_config(), allow_direct_keys=True)
-    groq = up.groq.provider_config()
+    groq = replace(up.groq.provider_config(), allow_direct_keys=True)  # allowed there too, yet not sent
     url = run_gateway(config_with(allowed, groq))
     auth = {"authorization": f"Bearer {client_key}"}
     assert post(url, headers=auth).status_code == 200
@@ -322,6 +322,24 @@ def test_client_disconnect_closes_the_upstream_call(run_gateway: Any, up: Any) -
         time.sleep(0.02)
     assert up.openai.last.disconnected, "the gateway kept the upstream call open after the client left"
     assert len(up.openai.requests) == 1  # cancelled, not retried, no fallback
+
+
+def test_client_leaving_mid_stream_closes_the_upstream_stream(run_gateway: Any, up: Any) -> None:
+    url = run_gateway(config_with(_limited(up, 1, 100), drop_excess_requests=True))
+    up.openai.enqueue(Reply(events=[{"type": "transcript.text.delta", "delta": "The"}], stall=5), path=OPENAI_PATH)
+    with httpx.Client(base_url=url, timeout=10) as client:
+        files = {"file": ("speech.wav", wav_bytes(), "audio/wav")}
+        with client.stream("POST", UNIFIED, data={"model": "openai/gpt-4o-transcribe", "stream": "true"},
+                           files=files) as stream:
+            assert '"delta": "The"' in next(stream.iter_lines()).replace('":"', '": "')
+    deadline = time.monotonic() + 3
+    while not up.openai.last.disconnected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert up.openai.last.disconnected, "the upstream stream stayed open after the client left"
+    deadline = time.monotonic() + 3  # and its slot came back
+    while (r := post(url)).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert r.status_code == 200
 
 
 # ------------------------------------------------------------------------------------------ admission
