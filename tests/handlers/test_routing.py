@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.app import create_app
 from gateway.settings import ConcurrencyConfig, KeyConfig, Secret
 from tests.audio import wav_bytes, wav_of_size
 from tests.fakes.faults import (
@@ -34,7 +35,7 @@ from tests.fakes.faults import (
 )
 from tests.fakes.openai import TRANSCRIPT
 from tests.fakes.server import Reply
-from tests.support import config_with
+from tests.support import config_with, serve
 
 UNIFIED = "/v1/audio/transcriptions"
 OPENAI_PATH = "/v1/audio/transcriptions"
@@ -98,10 +99,17 @@ FAULTS: dict[str, tuple[Callable[[], Reply], int, bool, str, bool]] = {
 }
 
 
+@pytest.fixture(scope="module")
+def fault_gateway(_servers: tuple[FaultyOpenAI, FaultyGroq, FaultyAzure]) -> Iterator[str]:
+    """One gateway for the whole fault table: one retry, 20-100 ms backoff, 0.4 s request timeout."""
+    with serve(create_app(config_with(_servers[0].provider_config(timeout=0.4, max_retries=1, **FAST)))) as url:
+        yield url
+
+
 @pytest.mark.parametrize("name", list(FAULTS))
-def test_each_fault_what_the_client_gets_and_what_reached_upstream(run_gateway: Any, up: Any, name: str) -> None:
+def test_each_fault_what_the_client_gets_and_what_reached_upstream(fault_gateway: str, up: Any, name: str) -> None:
     make, code, bifrost, word, retried = FAULTS[name]
-    url = run_gateway(config_with(up.openai.provider_config(timeout=0.4, max_retries=1, **FAST)))
+    url = fault_gateway
 
     up.openai.enqueue(make(), make(), path=OPENAI_PATH)
     r = post(url)
@@ -133,7 +141,7 @@ def test_backoff_doubles_within_jitter_bounds(run_gateway: Any, up: Any) -> None
     measured = gaps(up.openai)
     assert len(measured) == 3
     for gap, base in zip(measured, (0.02, 0.04, 0.08), strict=True):
-        assert base * 0.8 <= gap <= base * 1.2 + 0.15, measured
+        assert base * 0.8 <= gap <= base * 1.2 + 0.3, measured  # slack: loopback and a busy CI box
 
 
 def test_retry_after_is_honoured_only_up_to_the_max(run_gateway: Any, up: Any) -> None:
@@ -142,8 +150,8 @@ def test_retry_after_is_honoured_only_up_to_the_max(run_gateway: Any, up: Any) -
     started = time.monotonic()
     assert post(url).status_code == 200
     first, second = gaps(up.openai)
-    assert 0.09 <= first <= 0.09 + 0.15  # longer than the 20 ms backoff: the upstream asked for 90 ms
-    assert 0.1 * 0.99 <= second <= 0.1 + 0.15  # 30 s asked, retry_backoff_max (100 ms) wins
+    assert 0.09 <= first <= 0.09 + 0.3  # longer than the 20 ms backoff: the upstream asked for 90 ms
+    assert 0.1 * 0.99 <= second <= 0.1 + 0.3  # 30 s asked, retry_backoff_max (100 ms) wins
     assert time.monotonic() - started < 2
 
 
