@@ -16,6 +16,7 @@ A new OpenAI-compatible vendor is one more ``Vendor`` and factory, not a subclas
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ from gateway.canonical import (
     Usage,
     Word,
 )
-from gateway.errors import GatewayError, UpstreamError, UpstreamUnavailable
+from gateway.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
 from gateway.settings import KeyConfig, ProviderConfig
 from providers.base import Attempt, Capabilities
 from providers.http import (
@@ -356,6 +357,10 @@ GROQ = Vendor(
 )
 
 
+# Azure deployment names: letters, digits, '-', '_', '.' (anything else would change the upstream URL)
+_AZURE_DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 def _azure_url(base: str | None, attempt: Attempt) -> str:
     """``{endpoint}/openai/deployments/{deployment}/audio/transcriptions?api-version=V``.
 
@@ -365,7 +370,13 @@ def _azure_url(base: str | None, attempt: Attempt) -> str:
     azure = attempt.key.azure if attempt.key is not None else None
     endpoint = azure.endpoint if azure is not None and azure.endpoint else base
     version = azure.api_version if azure is not None and azure.api_version else AZURE_DEFAULT_API_VERSION
-    path = f"/openai/deployments/{attempt.model}/audio/transcriptions"
+    deployment = attempt.model
+    if not _AZURE_DEPLOYMENT.fullmatch(deployment) or deployment.strip(".") == "":
+        raise ClientError(
+            f"invalid Azure deployment name {deployment!r}: use letters, digits, '-', '_' and '.'",
+            param="model",
+        )
+    path = f"/openai/deployments/{deployment}/audio/transcriptions"
     return str(httpx.URL(_join(endpoint, path, "azure"), params={"api-version": version}))
 
 
