@@ -33,9 +33,16 @@ from typing import Any, TypeVar
 
 from gateway import formats
 from gateway.canonical import StreamEvent, TranscriptionRequest, TranscriptionResult
-from gateway.errors import RETRYABLE_STATUSES, ClientError, GatewayError, Overloaded, UpstreamError
+from gateway.errors import (
+    RETRYABLE_STATUSES,
+    ClientError,
+    GatewayError,
+    Overloaded,
+    PayloadTooLarge,
+    UpstreamError,
+)
 from gateway.settings import KeyConfig, ProviderConfig, Secret
-from providers.base import Attempt, Capabilities, StreamingTranscriber, Transcriber
+from providers.base import Attempt, Capabilities, ModelAware, StreamingTranscriber, Transcriber
 
 log = logging.getLogger("bifrost_stt.router")
 T = TypeVar("T")
@@ -101,6 +108,10 @@ class ProviderSlot:
     @property
     def capabilities(self) -> Capabilities:
         return self.impl.capabilities
+
+    def capabilities_for(self, model: str) -> Capabilities:
+        impl = self.impl
+        return impl.capabilities_for(model) if isinstance(impl, ModelAware) else impl.capabilities
 
     @property
     def waiting(self) -> int:
@@ -202,24 +213,41 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return _MASKED_KEY.sub(_MASK, text)
 
 
-def plan_format(caps: Capabilities, request: TranscriptionRequest) -> TranscriptionRequest:
-    """Ask the provider for what it can give; the gateway renders the rest (gateway.formats)."""
+def plan_format(caps: Capabilities, request: TranscriptionRequest, provider: str = "") -> TranscriptionRequest:
+    """Ask the provider for what it can give; the gateway renders the rest (gateway.formats).
+
+    Timings the client asked for by name (``timestamp_granularities``) that the provider cannot give are
+    refused with a 400 naming them, rather than silently left out.
+    """
     fmt = request.response_format
-    wants_timings = formats.needs_rich(fmt, request.timestamp_granularities)
-    if fmt in caps.native_formats and not (
-        fmt == "verbose_json" and "word" in request.timestamp_granularities and not caps.word_timestamps
-    ):
+    asked = request.timestamp_granularities
+    missing = [g for g in asked if not (caps.word_timestamps if g == "word" else caps.segment_timestamps)]
+    if missing:
+        raise ClientError(
+            f"{provider or 'this provider'} cannot give {' or '.join(missing)} timestamps for model "
+            f"{request.model!r}; drop timestamp_granularities={missing[0]} or use another provider/model",
+            param="timestamp_granularities", code="unsupported_parameter",
+        )
+    if fmt in caps.native_formats:
         return request
-    if "verbose_json" in caps.native_formats and (wants_timings or fmt not in caps.native_formats):
+    if "verbose_json" in caps.native_formats and formats.needs_rich(fmt, asked):
         grans: tuple[str, ...] = ()
         if caps.segment_timestamps:
             grans += ("segment",)
-        if caps.word_timestamps and (
-            "word" in request.timestamp_granularities or not caps.segment_timestamps
-        ):
+        if caps.word_timestamps and ("word" in asked or not caps.segment_timestamps):
             grans += ("word",)
         return replace(request, response_format="verbose_json", timestamp_granularities=grans)
-    return replace(request, response_format="json")
+    return replace(request, response_format="json", timestamp_granularities=())
+
+
+def check_size(caps: Capabilities, request: TranscriptionRequest, provider: str) -> None:
+    """A file over the provider's documented limit is refused here (413), so a fallback can take it."""
+    limit = caps.max_file_mb
+    if limit is not None and request.audio.size > limit * 1024 * 1024:
+        raise PayloadTooLarge(
+            f"{provider} accepts files up to {limit} MB; this one is {request.audio.size / 1048576:.1f} MB",
+            param="file", code="file_too_large",
+        )
 
 
 Call = Callable[["ProviderSlot", TranscriptionRequest, Attempt], Awaitable[T]]
@@ -267,7 +295,11 @@ class Router:
                 except StopAsyncIteration:
                     raise UpstreamError("the upstream stream ended before any event", status=502) from None
                 return HeldStream(events, first=first)
-            result = await impl.transcribe(plan_format(slot.capabilities, replace(req, stream=False)), attempt)
+            # The gateway streams for this model: segments (when the provider has them) become the deltas.
+            caps = slot.capabilities_for(req.model)
+            rich = "verbose_json" if "verbose_json" in caps.native_formats else "json"
+            wire = replace(req, stream=False, response_format=rich, timestamp_granularities=())
+            result = await impl.transcribe(plan_format(caps, wire, slot.config.id), attempt)
             return HeldStream(_aiter(formats.synthesize_stream(result)))
 
         events, served, lease = await self._route(request, call, stream=True)
@@ -300,8 +332,16 @@ class Router:
             # A client's own key is for the provider it named, never for another vendor's fallback.
             direct = request.direct_key if provider == request.provider else None
             target = replace(request, provider=provider, model=model, direct_key=direct)
-            if not stream:
-                target = plan_format(slot.capabilities, target)
+            try:
+                caps = slot.capabilities_for(model)
+                check_size(caps, target, provider)
+                if not stream:
+                    target = plan_format(caps, target, provider)
+            except GatewayError as err:
+                self._note(err, slot, target, None, (), attempts)
+                primary = primary or err
+                log.info("target %d (%s/%s) refused: %s", index, provider, model, err.message)
+                continue
             try:
                 return await self._with_retries(slot, target, index, call, attempts)
             except GatewayError as err:
@@ -378,7 +418,8 @@ class Router:
         attempts: list[dict[str, Any]],
     ) -> GatewayError:
         """Fill in who failed, scrub secrets, name a rejected key, and list the attempt."""
-        err.provider = err.provider or slot.config.id
+        # extra_fields.provider is the contract's provider enum: a custom provider reports its kind
+        err.provider = err.provider or slot.config.kind
         err.model = err.model or request.model
         message = scrub(err.message, secrets)
         if err.status in (401, 403) and key is not None and "(key " not in message:

@@ -47,6 +47,13 @@ class Transcriber(Protocol):
 
 
 @runtime_checkable
+class ModelAware(Protocol):
+    def capabilities_for(self, model: str) -> Capabilities:
+        """Capabilities of one model, where a vendor's models differ (the vendor's own otherwise)."""
+        ...
+
+
+@runtime_checkable
 class StreamingTranscriber(Protocol):
     def streams(self, model: str) -> bool:
         """True when ``model`` streams natively."""

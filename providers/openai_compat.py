@@ -60,6 +60,8 @@ class Vendor:
     auth_headers: Callable[[KeyConfig | None], dict[str, str]]
     capabilities: Capabilities
     streams: Callable[[str], bool] = lambda model: False
+    # A model whose abilities differ from the vendor's (gpt-4o-transcribe: json/text only, no timestamps).
+    model_capabilities: Callable[[str], Capabilities | None] = lambda model: None
 
 
 def bearer(key: KeyConfig | None) -> dict[str, str]:
@@ -230,6 +232,9 @@ class OpenAICompatible:
     def streams(self, model: str) -> bool:
         return self.vendor.capabilities.native_stream and self.vendor.streams(model)
 
+    def capabilities_for(self, model: str) -> Capabilities:
+        return self.vendor.model_capabilities(model) or self.capabilities
+
     def _request(self, request: TranscriptionRequest, attempt: Attempt, *, stream: bool) -> httpx.Request:
         """A fresh upstream request (its body iterator is single-use; each attempt builds its own)."""
         filename, file_type = upload_filename(request.audio)
@@ -333,6 +338,12 @@ def _join(base: str | None, path: str, provider: str) -> str:
     return base.rstrip("/") + path
 
 
+# OpenAI's gpt-4o(-mini)-transcribe answer json or text only, with no timings; they stream.
+GPT4O_TRANSCRIBE = Capabilities(
+    native_formats=frozenset({"json", "text"}), native_stream=True, word_timestamps=False,
+    segment_timestamps=False, max_file_mb=25,
+)
+
 OPENAI = Vendor(
     default_base_url="https://api.openai.com",
     url_for=lambda base, attempt: _join(base, "/v1/audio/transcriptions", "openai"),
@@ -341,6 +352,7 @@ OPENAI = Vendor(
         native_formats=ALL_FORMATS, native_stream=True, word_timestamps=True, segment_timestamps=True, max_file_mb=25
     ),
     streams=gpt4o_transcribe,
+    model_capabilities=lambda model: GPT4O_TRANSCRIBE if gpt4o_transcribe(model) else None,
 )
 
 GROQ = Vendor(
@@ -390,6 +402,7 @@ AZURE = Vendor(
     auth_headers=_azure_auth,
     capabilities=OPENAI.capabilities,
     streams=gpt4o_transcribe,  # deployments are usually named after their model
+    model_capabilities=OPENAI.model_capabilities,
 )
 
 

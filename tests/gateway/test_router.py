@@ -426,3 +426,70 @@ async def test_a_bug_in_a_provider_is_not_swallowed_and_frees_the_slot() -> None
     with pytest.raises(KeyError):
         await r.transcribe(request())
     assert not r.slots["openai"]._slots.locked()
+
+
+# ------------------------------------------------------------------------------------------ capabilities
+
+
+@dataclass
+class RecordingProvider(ScriptedProvider):
+    """Also records the request each call received (the planned format and granularities)."""
+
+    seen: list[TranscriptionRequest] = field(default_factory=list)
+
+    async def transcribe(self, request: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult:
+        self.seen.append(request)
+        return await super().transcribe(request, attempt)
+
+
+@pytest.mark.parametrize(
+    "asked,native,planned",
+    [
+        ("srt", {"json", "verbose_json"}, "verbose_json"),  # timings needed: the richest form
+        ("text", {"json", "verbose_json"}, "json"),  # no timings needed: plain json will do
+        ("vtt", {"json"}, "json"),
+        ("srt", {"json", "srt", "verbose_json"}, "srt"),  # native: passed through
+    ],
+)
+async def test_the_provider_is_asked_for_what_it_can_give(asked: str, native: set[str], planned: str) -> None:
+    caps = Capabilities(native_formats=frozenset(native), native_stream=False, word_timestamps=True,
+                        segment_timestamps=True)
+    impl = RecordingProvider(capabilities=caps)
+    await router((config(), impl)).transcribe(request(response_format=asked))
+    assert impl.seen[0].response_format == planned
+
+
+async def test_timestamps_the_provider_cannot_give_are_refused_naming_the_field() -> None:
+    caps = Capabilities(native_formats=frozenset({"json"}), native_stream=False, word_timestamps=False,
+                        segment_timestamps=False)
+    impl = RecordingProvider(capabilities=caps)
+    with pytest.raises(ClientError) as info:
+        await router((config(), impl)).transcribe(
+            request(response_format="verbose_json", timestamp_granularities=("word",))
+        )
+    assert info.value.param == "timestamp_granularities" and "word" in info.value.message
+    assert impl.calls == []
+
+
+async def test_a_file_over_the_providers_limit_is_413_and_falls_back() -> None:
+    small = RecordingProvider(capabilities=Capabilities(
+        native_formats=frozenset({"json"}), native_stream=False, word_timestamps=False,
+        segment_timestamps=False, max_file_mb=1))
+    big = RecordingProvider()
+    r = router((config("openai"), small), (config("groq"), big))
+    req = TranscriptionRequest(provider="openai", model="m", audio=BytesAudio(bytes(2 * 1024 * 1024)),
+                               fallbacks=("groq/whisper-large-v3",))
+    result, served = await r.transcribe(req)
+    assert served.provider == "groq" and small.calls == [] and len(big.calls) == 1
+    with pytest.raises(Exception) as info:
+        await r.transcribe(TranscriptionRequest(provider="openai", model="m", audio=BytesAudio(bytes(2 * 1024 * 1024))))
+    assert getattr(info.value, "status", None) == 413 and "1 MB" in str(info.value)
+
+
+async def test_a_custom_providers_error_reports_its_kind_for_the_contract_enum() -> None:
+    cfg = ProviderConfig(id="office-whisper", kind="openai", keys=(key("k"),))
+    impl = ScriptedProvider([upstream(401, "bad key")])
+    r = Router({"office-whisper": ProviderSlot(cfg, impl, drop_excess=False)}, rng=random.Random(1), sleep=Sleeps())
+    with pytest.raises(UpstreamError) as info:
+        await r.transcribe(request(provider="office-whisper"))
+    assert info.value.provider == "openai"

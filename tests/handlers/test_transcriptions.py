@@ -335,3 +335,22 @@ def test_openapi_json_is_the_merged_31_contract(http: httpx.Client) -> None:
     assert doc["openapi"].startswith("3.1")
     assert "/openai/audio/transcriptions" in doc["paths"]
     assert http.get("/docs/").status_code == 200
+
+
+# ------------------------------------------------------------------------------ per-model capabilities
+
+
+def test_gpt4o_model_gets_srt_rendered_by_the_gateway(client: openai.OpenAI, fake_openai: Any) -> None:
+    result = client.audio.transcriptions.create(model="gpt-4o-transcribe", file=audio_file(), response_format="srt")
+    assert result.startswith("1\n00:00:00,000 --> ") and "quick brown fox" in result
+    assert fake_openai.last.field("response_format") == "json"  # the model answers json/text only
+
+
+def test_gpt4o_word_timestamps_are_refused_naming_the_field(client: openai.OpenAI, fake_openai: Any) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(
+            model="gpt-4o-transcribe", file=audio_file(), response_format="verbose_json",
+            timestamp_granularities=["word"],
+        )
+    assert info.value.body["param"] == "timestamp_granularities"  # type: ignore[index]
+    assert fake_openai.requests == []
