@@ -3,14 +3,14 @@
 Connexion's stock response validators compile a draft-4 validator per response (about 140 ms for a large
 verbose_json), ``json.loads`` text/plain bodies (a transcript "42" fails) and skip SSE. These compile each
 schema once with jsonschema-rs, treat text/plain as the string it is, and check every SSE event as it
-passes without holding the stream back.
+passes without holding the stream back (``SSEResponseValidator``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jsonschema_rs
 import orjson
@@ -75,55 +75,113 @@ class TextResponseValidator(AbstractResponseBodyValidator):
         return None
 
 
+class EventSplitter:
+    """Cuts a byte stream into SSE events (``\n\n``-terminated) however the chunks fall."""
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self._pending.extend(chunk)
+        events: list[bytes] = []
+        while (cut := self._pending.find(b"\n\n")) >= 0:
+            events.append(bytes(self._pending[:cut]))
+            del self._pending[: cut + 2]
+        return events
+
+
+def event_data(event: bytes) -> bytes:
+    """The ``data`` of one event, multi-line data joined by newlines as the SSE standard says."""
+    return b"\n".join(
+        line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+    )
+
+
+def _operation_error_schema() -> dict[str, Any] | None:
+    """The operation's JSON error schema (BifrostError), for the one error event a failed stream sends."""
+    from connexion.context import operation  # bound by Connexion's ContextMiddleware while serving
+
+    try:
+        return operation.response_schema("500", "application/json") or None  # type: ignore[no-any-return]
+    except (LookupError, RuntimeError):  # outside a request (unit tests of the validator)
+        return None
+
+
 class SSEResponseValidator(AbstractResponseBodyValidator):
-    """Checks each ``data:`` event against the event schema while forwarding it at once."""
+    """Checks each ``data:`` event against the contract while forwarding every chunk at once.
+
+    Connexion's stock validators hold the whole body back until the last message, which would turn a
+    stream into one late answer; this one keeps only a partial event between chunks. Deltas and the done
+    event are checked against the operation's event schema (TranscriptionStreamResponse); the error event
+    a failed stream ends with (a BifrostError: top-level ``error``) against the operation's JSON error
+    schema; ``[DONE]`` is the end marker. The headers are already out, so a breaking event cannot become
+    a 500: it is logged and forwarded, unless the validator is ``strict`` (tests), which raises
+    NonConformingResponseBody before the event leaves, breaking the stream so no test can miss it.
+    """
+
+    strict: ClassVar[bool] = False
 
     def wrap_send(self, send: Send) -> Send:
-        validator = compiled(self._schema) if self._schema else None
-        pending = bytearray()
+        events = compiled(self._schema) if self._schema else None
+        error_schema = _operation_error_schema()
+        errors = compiled(error_schema) if error_schema else None
+        splitter = EventSplitter()
 
         async def send_(message: MutableMapping[str, Any]) -> None:
-            if validator is not None and message["type"] == "http.response.body":
-                pending.extend(message.get("body", b""))
-                while (cut := pending.find(b"\n\n")) >= 0:
-                    event = bytes(pending[:cut])
-                    del pending[: cut + 2]
-                    self._check(validator, event)
+            if message["type"] == "http.response.body":
+                for event in splitter.feed(message.get("body", b"")):
+                    self._check(events, errors, event)
             await send(message)
 
         return send_
 
-    @staticmethod
-    def _check(validator: Any, event: bytes) -> None:
-        data = b"".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
-        if not data or data == b"[DONE]":
-            return
+    def _check(self, events: Any, errors: Any, event: bytes) -> None:
+        data = event_data(event)
+        if data == b"[DONE]" or not any(line.startswith(b"data:") for line in event.split(b"\n")):
+            return  # the end marker, a comment or a keep-alive
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
-            log.error("SSE event is not JSON: %r", data[:200])
+            self._fail(f"SSE event is not JSON: {data[:200]!r}")
             return
-        if isinstance(payload, dict) and "error" in payload and "type" not in payload:
-            return  # a mid-stream BifrostError event, checked where it is built
+        is_error = isinstance(payload, dict) and "error" in payload
+        validator = errors if is_error else events
+        if validator is None:
+            return
         problem = _first_error(validator, payload)
         if problem:
-            log.error("SSE event does not conform to the contract: %s", problem)
+            self._fail(f"SSE {'error ' if is_error else ''}event does not conform to the contract: {problem}")
+
+    def _fail(self, problem: str) -> None:
+        log.error("%s", problem)
+        if self.strict:
+            raise NonConformingResponseBody(detail=problem)
 
 
-def response_validators() -> MediaTypeDict:
+class StrictSSEResponseValidator(SSEResponseValidator):
+    """Raises on the first event that breaks the contract (see ``validator_map(strict_sse=True)``)."""
+
+    strict = True
+
+
+def response_validators(*, strict_sse: bool = False) -> MediaTypeDict:
     return MediaTypeDict(
         {
             "*/*json": JSONResponseValidator,
             "text/plain": TextResponseValidator,
-            "text/event-stream": SSEResponseValidator,
+            "text/event-stream": StrictSSEResponseValidator if strict_sse else SSEResponseValidator,
         }
     )
 
 
-def validator_map(body: MediaTypeDict | None = None) -> dict[str, Any]:
-    """Connexion's map with our response validators (and, when given, our body validators)."""
+def validator_map(body: MediaTypeDict | None = None, *, strict_sse: bool = False) -> dict[str, Any]:
+    """Connexion's map with our response validators (and, when given, our body validators).
+
+    ``strict_sse`` makes a stream event that breaks the contract break the stream instead of only
+    being logged: for tests and staging, where a broken contract must not pass unnoticed.
+    """
     merged = dict(VALIDATOR_MAP)
     if body is not None:
         merged["body"] = body
-    merged["response"] = response_validators()
+    merged["response"] = response_validators(strict_sse=strict_sse)
     return merged
