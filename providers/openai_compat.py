@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -292,9 +292,12 @@ class OpenAICompatible:
         iterator (``contextlib.aclosing``) so an abandoned stream releases its connection at once.
         """
         secrets = self._secrets(attempt)
+        # Stream events carry the transcript only, and streaming models refuse anything but json/text
+        # (and timestamp_granularities with it): the client's format is the gateway's business.
+        wire = replace(request, response_format="json", timestamp_granularities=())
         with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
             async with asyncio.timeout(attempt.timeout):
-                response = await self.client.send(self._request(request, attempt, stream=True), stream=True)
+                response = await self.client.send(self._request(wire, attempt, stream=True), stream=True)
         try:
             with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
                 await raise_for_upstream(self.name, response, secrets=secrets)
