@@ -55,14 +55,16 @@ def render(
     """The body for ``response_format``: a dict for the JSON formats, a str for text/srt/vtt.
 
     A provider's own rendering of the same format is returned unchanged: it is what the client
-    would have got from that provider directly, and re-rendering could only lose detail.
+    would have got from that provider directly, and re-rendering could only lose detail. JSON bodies
+    also keep the keys the provider sent that the canonical type does not name (``result.extra``), so
+    a native json/verbose_json answer reaches the client with every key and value it had.
     """
     if result.native is not None and result.native_format == response_format:
         return result.native
     if response_format == "json":
-        return _json_body(result)
+        return _with_extra(_json_body(result), result)
     if response_format == "verbose_json":
-        return _verbose_json_body(result, granularities)
+        return _with_extra(_verbose_json_body(result, granularities), result)
     if response_format == "text":
         return result.text
     if response_format == "srt":
@@ -109,12 +111,34 @@ def synthesize_stream(result: TranscriptionResult) -> Iterator[StreamDelta | Str
     order, else per sentence, long sentences cut at spaces), so concatenating them gives the text
     exactly, whatever spacing the provider put in its segments.
     """
-    for piece in _stream_pieces(result.text, result.segments):
+    text, segments = _transcript(result)
+    for piece in _stream_pieces(text, segments):
         yield StreamDelta(delta=piece)
-    yield StreamDone(text=result.text, usage=result.usage, logprobs=result.logprobs)
+    yield StreamDone(text=text, usage=result.usage, logprobs=result.logprobs)
+
+
+def _transcript(result: TranscriptionResult) -> tuple[str, Sequence[Segment]]:
+    """The plain transcript and its segments, also when the provider answered with subtitles or text.
+
+    A stream carries the transcript, never SRT/VTT markup: a native subtitle body is parsed back into
+    segments, and a native text body loses the newline vendors end it with.
+    """
+    if result.native is not None and result.native_format in ("srt", "vtt"):
+        segments = parse_subtitles(result.native)
+        return " ".join(s.text for s in segments if s.text), segments
+    if result.native is not None and result.native_format == "text":
+        return result.text.strip(), result.segments
+    return result.text, result.segments
 
 
 # --- JSON bodies --------------------------------------------------------------------------------
+
+
+def _with_extra(body: dict[str, Any], result: TranscriptionResult) -> dict[str, Any]:
+    """The provider's own additional keys after ours; never one of ours overwritten."""
+    for key, value in result.extra.items():
+        body.setdefault(key, value)
+    return body
 
 
 def _logprob_dict(lp: Logprob) -> dict[str, Any]:

@@ -294,3 +294,27 @@ def test_synthesize_stream_concatenates_to_text(text: str, cuts: list[int]) -> N
 def test_blank_words_fall_back_to_the_text() -> None:
     result = TranscriptionResult(text="hi there", duration=2.0, words=(Word(" ", 0, 1),))
     assert render(result, "srt") == "1\n00:00:00,000 --> 00:00:02,000\nhi there\n\n"
+
+
+@pytest.mark.parametrize(
+    "native,fmt",
+    [
+        ("1\n00:00:00,000 --> 00:00:01,000\nHello there.\n\n2\n00:00:01,000 --> 00:00:02,000\nGeneral Kenobi!\n\n", "srt"),
+        ("WEBVTT\n\n00:00.000 --> 00:01.000\nHello there.\n\n00:01.000 --> 00:02.000\nGeneral Kenobi!\n\n", "vtt"),
+        ("Hello there. General Kenobi!\n", "text"),
+    ],
+)
+def test_synthesized_stream_of_a_native_text_body_carries_the_transcript(native: str, fmt: str) -> None:
+    """A stream is transcript text: subtitle markup and the vendor's trailing newline stay out of it."""
+    events = list(synthesize_stream(TranscriptionResult(text=native, native=native, native_format=fmt)))
+    done = events[-1]
+    assert isinstance(done, StreamDone) and done.text == "Hello there. General Kenobi!"
+    assert "".join(e.delta for e in events[:-1] if isinstance(e, StreamDelta)) == done.text
+
+
+@pytest.mark.parametrize("fmt", ["json", "verbose_json"])
+def test_json_bodies_keep_the_providers_own_keys(fmt: str) -> None:
+    result = TranscriptionResult(text="hi", extra={"x_groq": {"id": "req_1"}, "text": "not ours to overwrite"})
+    body = render(result, fmt)
+    assert isinstance(body, dict)
+    assert body["x_groq"] == {"id": "req_1"} and body["text"] == "hi"
