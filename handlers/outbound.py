@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from gateway import formats
 from gateway.canonical import TEXT_FORMATS, StreamDelta, StreamDone, StreamEvent, TranscriptionResult
@@ -78,6 +79,26 @@ def _event(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+DONE_MARKER = b"data: [DONE]\n\n"
+
+
+def event_payload(event: StreamEvent, extra: dict[str, Any]) -> dict[str, Any]:
+    """One canonical event in the contract's TranscriptionStreamResponse shape."""
+    if isinstance(event, StreamDelta):
+        payload: dict[str, Any] = {"type": "transcript.text.delta", "delta": event.delta}
+    else:
+        payload = {"type": "transcript.text.done", "text": event.text}
+        usage = formats.usage_dict(event.usage)
+        if usage:
+            payload["usage"] = usage
+    if event.logprobs:
+        payload["logprobs"] = [
+            {"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.bytes)} for lp in event.logprobs
+        ]
+    payload["extra_fields"] = extra
+    return payload
+
+
 async def sse_events(
     events: AsyncIterator[StreamEvent],
     served: Served,
@@ -85,66 +106,91 @@ async def sse_events(
     kind: str,
     idle_timeout: float,
 ) -> AsyncIterator[bytes]:
-    """The SSE body: deltas, the done event, then [DONE]; a failure mid-stream is one error event."""
-    opened = time.perf_counter()
-    previous = opened
+    """The SSE body: deltas, the done event, then [DONE]; a failure mid-stream is one error event.
+
+    Each event is yielded as soon as the upstream gives it (nothing is gathered). ``chunk_index``
+    counts events from 0; a delta's ``latency`` is the time since the previous event (for the first,
+    since the upstream call started) and the done event's is the total. A gap longer than
+    ``idle_timeout`` ends the stream with a 504 error event. The error event is the last thing sent
+    (no [DONE] after it): the stream is incomplete and the marker would say otherwise; the SDKs raise
+    on it. The upstream iterator is closed on every exit, cancellation included, so its connection is
+    released at once.
+    """
+    previous = served.started
     index = 0
     try:
         while True:
             try:
-                event = await asyncio.wait_for(events.__anext__(), timeout=idle_timeout)
+                async with asyncio.timeout(idle_timeout):
+                    event = await anext(events)
             except StopAsyncIteration:
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise UpstreamTimeout(
                     f"{served.provider} sent nothing for {idle_timeout:g} s mid-stream; raise "
                     f"network_config.stream_idle_timeout_in_seconds if the model is slow",
                     provider=served.provider, model=served.model,
                 ) from None
             now = time.perf_counter()
-            if isinstance(event, StreamDelta):
-                payload: dict[str, Any] = {"type": "transcript.text.delta", "delta": event.delta}
-                latency = int((now - previous) * 1000)
-            else:
-                assert isinstance(event, StreamDone)
-                payload = {"type": "transcript.text.done", "text": event.text}
-                usage = formats.usage_dict(event.usage)
-                if usage:
-                    payload["usage"] = usage
-                latency = int((now - opened) * 1000)
-            if event.logprobs:
-                payload["logprobs"] = [
-                    {"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.bytes)} for lp in event.logprobs
-                ]
-            payload["extra_fields"] = extra_fields(served, kind, latency_ms=latency, chunk_index=index)
+            since = previous if isinstance(event, StreamDelta) else served.started
+            extra = extra_fields(served, kind, latency_ms=int((now - since) * 1000), chunk_index=index)
             previous = now
             index += 1
-            yield _event(payload)
+            yield _event(event_payload(event, extra))
     except GatewayError as err:
+        err.provider = err.provider or served.provider
+        err.model = err.model or served.model
         yield _event(envelope(err))
         return
-    except asyncio.CancelledError:
-        raise
     except Exception:  # a bug of ours mid-stream: tell the client once, keep the trace in the log
         log.exception("stream failed")
-        yield _event(envelope(GatewayError("the stream failed inside the gateway")))
+        yield _event(envelope(GatewayError("the stream failed inside the gateway; the details are in its log")))
         return
     finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            try:
-                await aclose()
-            except Exception:
-                log.debug("closing the upstream stream failed", exc_info=True)
-    yield b"data: [DONE]\n\n"
+        await _close(events)
+    yield DONE_MARKER
+
+
+async def _close(events: AsyncIterator[StreamEvent]) -> None:
+    """Close the upstream iterator (and so its connection), shielded: this runs while being cancelled."""
+    aclose = getattr(events, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await asyncio.shield(aclose())
+    except (Exception, asyncio.CancelledError):
+        log.debug("closing the upstream stream failed", exc_info=True)
+
+
+class SSEResponse(StreamingResponse):
+    """A StreamingResponse that always watches for the client going away.
+
+    Starlette stops listening for ``http.disconnect`` on servers speaking ASGI spec 2.4+, relying on
+    the next write failing; for a stream waiting on a slow upstream that write may be a minute away.
+    Watching here makes a disconnect cancel the body (and so the upstream request) at once on any server.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = asyncio.ensure_future(self.stream_response(send))
+        gone = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        try:
+            await asyncio.wait({body, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (body, gone):
+                task.cancel()
+            await asyncio.gather(body, gone, return_exceptions=True)
+        failure = body.exception() if body.done() and not body.cancelled() else None
+        if failure is not None and not isinstance(failure, OSError):  # OSError: the client left mid-write
+            raise failure
 
 
 def stream_response(
     events: AsyncIterator[StreamEvent], served: Served, *, kind: str, idle_timeout: float, original_model: str
 ) -> Response:
+    """``text/event-stream`` for an upstream stream that is already open (its first event received)."""
     headers = route_headers(served, original_model)
     headers["cache-control"] = "no-cache"
-    headers["x-accel-buffering"] = "no"
-    return StreamingResponse(
+    headers["x-accel-buffering"] = "no"  # nginx and friends: do not buffer this response
+    return SSEResponse(
         sse_events(events, served, kind=kind, idle_timeout=idle_timeout), media_type=SSE, headers=headers
     )
