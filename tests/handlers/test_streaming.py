@@ -408,16 +408,24 @@ def test_non_streaming_model_is_streamed_by_the_gateway(client: openai.OpenAI, f
     assert "".join(e.delta for e in events[:-1]) == events[-1].text == TRANSCRIPT
     assert events[-1].usage is not None and events[-1].usage.type == "duration"
     upstream = fake_openai.last
-    assert upstream.field("stream") is None  # a plain transcription was asked for
+    assert upstream.field("stream") is None  # a plain transcription, with segments for the deltas
+    assert upstream.field("response_format") == "verbose_json"
 
 
 def test_groq_is_streamed_by_the_gateway_segment_by_segment(gateway_url: str, fake_groq: Any) -> None:
-    fake_groq.transcript = "First sentence here. Second one follows! And a third?"
+    text = "First sentence here. Second one follows! And a third?"
+    segments = ["First sentence here.", "Second one follows!", "And a third?"]
+    fake_groq.enqueue(Reply(body={
+        "task": "transcribe", "language": "english", "duration": 6.0, "text": text,
+        "segments": [{"id": i, "start": 2.0 * i, "end": 2.0 * i + 2, "text": " " + t} for i, t in enumerate(segments)],
+        "x_groq": {"id": "req_1"},
+    }))
     got = post_stream(gateway_url, "/v1/audio/transcriptions", {"model": "groq/whisper-large-v3"})
     assert_well_formed(got, provider="groq", model="whisper-large-v3")
-    assert got.done["text"] == fake_groq.transcript
-    assert len(got.deltas) >= 1
-    assert fake_groq.last.field("stream") is None
+    assert [d["delta"] for d in got.deltas] == ["First sentence here.", " Second one follows!", " And a third?"]
+    assert got.done["text"] == text
+    upstream = fake_groq.last
+    assert upstream.field("stream") is None and upstream.field("response_format") == "verbose_json"
 
 
 @pytest.mark.parametrize("fmt", ["json", "text", "srt", "verbose_json", "vtt"])
@@ -596,3 +604,23 @@ async def test_sse_response_cancels_the_body_when_the_client_leaves() -> None:
     assert upstream.closed
     assert sent[0]["type"] == "http.response.start"
     assert (b"content-type", b"text/event-stream; charset=utf-8") in sent[0]["headers"]
+
+
+# ------------------------------------------------------------------------------ docs/streaming.md
+
+
+def test_docs_say_which_providers_stream_natively() -> None:
+    """docs/streaming.md has one row per registry kind, and its yes/no is the kind's declared native_stream."""
+    from pathlib import Path
+
+    from providers import registry
+
+    doc = (Path(__file__).parents[2] / "docs" / "streaming.md").read_text(encoding="utf-8")
+    table = doc.partition("## Which providers stream natively")[2]
+    rows = {
+        cells[0].strip("` "): cells[1].strip()
+        for line in table.splitlines()
+        if line.startswith("| `") and len(cells := line.strip("|").split("|")) >= 2
+    }
+    declared = {kind: "yes" if registry.capabilities(kind).native_stream else "no" for kind in registry.known()}
+    assert rows == declared, "update the table in docs/streaming.md to match the providers' capabilities"
