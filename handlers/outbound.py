@@ -138,7 +138,9 @@ async def sse_events(
             index += 1
             yield _event(event_payload(event, extra))
     except GatewayError as err:
-        err.provider = err.provider or served.provider
+        # The provider *kind*, as in every other event of this stream: the contract's provider field is
+        # an enum of kinds, and a custom provider's own name (its config id) is not one of them.
+        err.provider = kind
         err.model = err.model or served.model
         yield _event(envelope(err))
         return

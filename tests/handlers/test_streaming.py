@@ -624,3 +624,16 @@ def test_docs_say_which_providers_stream_natively() -> None:
     }
     declared = {kind: "yes" if registry.capabilities(kind).native_stream else "no" for kind in registry.known()}
     assert rows == declared, "update the table in docs/streaming.md to match the providers' capabilities"
+
+
+def test_custom_named_provider_events_name_its_kind(start_gateway: Any, fake_openai: Any) -> None:
+    """extra_fields.provider is an enum of kinds in the contract: a custom name must not break the stream."""
+    from dataclasses import replace
+
+    url = start_gateway(config_with(replace(fake_openai.provider_config(), id="eu-openai")))
+    fake_openai.enqueue(Reply(events=[{"type": "transcript.text.delta", "delta": "The"}, {"error": {"message": "x"}}]))
+    got = post_stream(url, "/v1/audio/transcriptions", {"model": f"eu-openai/{STREAMING_MODEL}"})
+    error = _assert_ends_with_one_error(got, 502)
+    assert got.deltas[0]["extra_fields"]["provider"] == "openai"
+    assert got.headers["x-bifrost-provider"] == "eu-openai"
+    assert error["extra_fields"]["provider"] == "openai"
