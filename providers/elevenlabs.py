@@ -36,7 +36,7 @@ import httpx
 import orjson
 
 from gateway.canonical import Logprob, TranscriptionRequest, TranscriptionResult, Usage, Word
-from gateway.errors import ClientError, GatewayError, PayloadTooLarge, UpstreamError, UpstreamUnavailable
+from gateway.errors import ClientError, GatewayError, PayloadTooLarge, UpstreamUnavailable
 from gateway.settings import ProviderConfig
 from providers.base import Attempt, Capabilities
 from providers.http import map_transport_errors, multipart_body, parse_json, raise_for_upstream, upload_filename
@@ -232,21 +232,18 @@ class ElevenLabs:
             "POST", self._url(), params=query or None, content=body, headers=headers, timeout=timeout
         )
 
-    async def _check(self, response: httpx.Response, attempt: Attempt, secrets: tuple[str, ...]) -> None:
-        """Raise the gateway error for a failed answer; auth failures name the key (never its value)."""
+    async def _check(self, response: httpx.Response, secrets: tuple[str, ...]) -> None:
+        """Raise the gateway error for a failed answer, the vendor's error body made OpenAI-style first.
+
+        The router names the key of a 401/403 (never its value); nothing to add here.
+        """
         if not response.is_success:
             fixed = to_error_body(response.status_code, await response.aread())
             if fixed is not None:
                 keep = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
                 response = httpx.Response(response.status_code, headers={**keep, "content-type": "application/json"},
                                           content=fixed)
-        try:
-            await raise_for_upstream(self.name, response, secrets=secrets)
-        except UpstreamError as exc:
-            if exc.status in (401, 403) and attempt.key is not None:
-                exc.message = f"{exc.message} (key {attempt.key.name!r} of provider {self.name!r})"
-                exc.args = (exc.message,)
-            raise
+        await raise_for_upstream(self.name, response, secrets=secrets)
 
     async def transcribe(self, request: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult:
         """One upstream call within ``attempt.timeout`` seconds, answer in canonical form."""
@@ -256,7 +253,7 @@ class ElevenLabs:
             async with asyncio.timeout(attempt.timeout):
                 response = await self.client.send(upstream)
                 try:
-                    await self._check(response, attempt, secrets)
+                    await self._check(response, secrets)
                     await response.aread()
                 finally:
                     await response.aclose()

@@ -285,21 +285,18 @@ class Mistral:
         timeout = httpx.Timeout(attempt.timeout, connect=self.config.network.connect_timeout_in_seconds, read=read)
         return self.client.build_request("POST", self._url(), content=body, headers=headers, timeout=timeout)
 
-    async def _check(self, response: httpx.Response, attempt: Attempt, secrets: tuple[str, ...]) -> None:
-        """Raise the gateway error for a failed answer; auth failures name the key (never its value)."""
+    async def _check(self, response: httpx.Response, secrets: tuple[str, ...]) -> None:
+        """Raise the gateway error for a failed answer, the vendor's error body made OpenAI-style first.
+
+        The router names the key of a 401/403 (never its value); nothing to add here.
+        """
         if not response.is_success:
             fixed = to_error_body(response.status_code, await response.aread())
             if fixed is not None:
                 keep = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
                 response = httpx.Response(response.status_code, headers={**keep, "content-type": "application/json"},
                                           content=fixed)
-        try:
-            await raise_for_upstream(self.name, response, secrets=secrets)
-        except UpstreamError as exc:
-            if exc.status in (401, 403) and attempt.key is not None:
-                exc.message = f"{exc.message} (key {attempt.key.name!r} of provider {self.name!r})"
-                exc.args = (exc.message,)
-            raise
+        await raise_for_upstream(self.name, response, secrets=secrets)
 
     @staticmethod
     def _secrets(attempt: Attempt) -> tuple[str, ...]:
@@ -313,7 +310,7 @@ class Mistral:
             async with asyncio.timeout(attempt.timeout):
                 response = await self.client.send(upstream)
                 try:
-                    await self._check(response, attempt, secrets)
+                    await self._check(response, secrets)
                     await response.aread()
                 finally:
                     await response.aclose()
@@ -332,7 +329,7 @@ class Mistral:
                 response = await self.client.send(upstream, stream=True)
         try:
             with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
-                await self._check(response, attempt, secrets)
+                await self._check(response, secrets)
             if "text/event-stream" not in response.headers.get("content-type", ""):
                 raise UpstreamUnavailable(
                     f"{self.name} answered a stream request with "

@@ -183,13 +183,13 @@ async def test_logprobs_when_asked(eleven: ElevenLabs, fake_elevenlabs: FakeElev
     assert "include" not in fake_elevenlabs.last.names and "include[]" not in fake_elevenlabs.last.names
 
 
-async def test_auth_failures_name_the_key_never_its_value(eleven: ElevenLabs, fake_elevenlabs: FakeElevenLabs) -> None:
+async def test_auth_failures_keep_fields_never_the_key(eleven: ElevenLabs, fake_elevenlabs: FakeElevenLabs) -> None:
     secret = "sk_elevenlabs_wrong_but_secret_42"
     with pytest.raises(UpstreamError) as info:
         await eleven.transcribe(request(), attempt(fake_elevenlabs, key=KeyConfig(name="voice-team", value=Secret(secret))))
     err = info.value
     assert (err.status, err.code, err.error_type) == (401, "invalid_api_key", "authentication_error")
-    assert err.message.startswith("Invalid API key") and "'voice-team'" in err.message
+    assert err.message == "Invalid API key"  # the router adds the key's name
     assert secret not in str(envelope(err))
     with pytest.raises(UpstreamError) as missing:
         await eleven.transcribe(request(), Attempt(key=None, model=MODEL, timeout=5))

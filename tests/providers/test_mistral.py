@@ -228,7 +228,7 @@ async def test_stream_errors(mistral: Mistral, fake_mistral: FakeMistral) -> Non
     assert fake_mistral.requests == []  # nothing happens before the first __anext__
     with pytest.raises(UpstreamError) as info:
         await stream.__anext__()
-    assert info.value.status == 401 and "prod-mistral" in info.value.message
+    assert info.value.status == 401 and info.value.error_type == "authentication_error"
     fake_mistral.enqueue(sse_body([{"type": "transcription.text.delta", "text": "Hel"}]))
     with pytest.raises(UpstreamUnavailable, match="before transcription.done"):
         await events(mistral, request(), attempt(fake_mistral))
@@ -237,13 +237,13 @@ async def test_stream_errors(mistral: Mistral, fake_mistral: FakeMistral) -> Non
         await events(mistral, request(), attempt(fake_mistral))
 
 
-async def test_auth_failure_names_the_key_never_its_value(mistral: Mistral, fake_mistral: FakeMistral) -> None:
+async def test_auth_failure_keeps_fields_never_the_key(mistral: Mistral, fake_mistral: FakeMistral) -> None:
     secret = "mistral-wrong-but-secret-987654"
     with pytest.raises(UpstreamError) as info:
         await mistral.transcribe(request(), attempt(fake_mistral, key=KeyConfig(name="team-a", value=Secret(secret))))
     err = info.value
     assert (err.status, err.error_type, err.provider) == (401, "authentication_error", "mistral")
-    assert "Unauthorized" in err.message and "'team-a'" in err.message
+    assert err.message == "Unauthorized"  # the router adds the key's name
     fake_mistral.enqueue(Reply(status=401, body={"message": f"bad key {secret}"}))
     with pytest.raises(UpstreamError) as info:
         await mistral.transcribe(request(), attempt(fake_mistral, key=KeyConfig(name="team-a", value=Secret(secret))))
