@@ -59,7 +59,7 @@ QUERY_FIELDS = frozenset({"enable_logging"})
 FILE_FORMATS = frozenset({"pcm_s16le_16", "other"})  # ElevenLabs' own file_format values
 
 # ISO-639-3 (and -2/B) codes ElevenLabs answers -> ISO-639-1.
-ISO_639_1: Mapping[str, str] = dict(pair.split(":") for pair in (
+ISO_639_1: Mapping[str, str] = {three: one for three, _, one in (pair.partition(":") for pair in (
     "afr:af amh:am ara:ar hye:hy arm:hy asm:as aze:az bel:be ben:bn bos:bs bul:bg mya:my bur:my cat:ca "
     "nya:ny hrv:hr ces:cs cze:cs dan:da nld:nl dut:nl eng:en est:et fin:fi fra:fr fre:fr ful:ff glg:gl "
     "lug:lg kat:ka geo:ka deu:de ger:de ell:el gre:el guj:gu hau:ha heb:he hin:hi hun:hu isl:is ice:is "
@@ -68,8 +68,8 @@ ISO_639_1: Mapping[str, str] = dict(pair.split(":") for pair in (
     "mar:mr mon:mn nep:ne nor:no nob:nb nno:nn oci:oc ori:or pus:ps fas:fa per:fa pol:pl por:pt pan:pa "
     "ron:ro rum:ro rus:ru srp:sr sna:sn snd:sd slk:sk slo:sk slv:sl som:so spa:es swa:sw swe:sv tam:ta "
     "tgk:tg tel:te tha:th tur:tr ukr:uk urd:ur uzb:uz vie:vi cym:cy wel:cy wol:wo xho:xh zul:zu sqi:sq "
-    "alb:sq eus:eu baq:eu tgl:tl yor:yo bak:ba bre:br fao:fo hat:ht haw:haw yid:yi tat:tt tuk:tk bod:bo"
-).split())
+    "alb:sq eus:eu baq:eu tgl:tl yor:yo bak:ba bre:br fao:fo hat:ht yid:yi tat:tt tuk:tk bod:bo"
+).split())}
 
 # ------------------------------------------------------------------------------------------ to wire
 
@@ -160,7 +160,7 @@ def to_result(body: Any, *, logprobs: bool = False) -> TranscriptionResult:
                          key=lambda w: w.start))
     first = chunks[0]
     seconds = body.get("audio_duration_secs", first.get("audio_duration_secs"))
-    duration = float(seconds) if isinstance(seconds, (int, float)) else max((w.end for w in words), default=None)
+    duration = float(seconds) if isinstance(seconds, (int, float)) else (max(w.end for w in words) if words else None)
     known = {"text", "words", "language_code", "audio_duration_secs", "transcripts"}
     return TranscriptionResult(
         text="\n".join(c["text"] for c in chunks),

@@ -161,7 +161,7 @@ def to_result(body: Any, request: TranscriptionRequest) -> TranscriptionResult:
     return TranscriptionResult(
         text=body["text"],
         language=body.get("language") or request.language,
-        duration=audio_seconds if audio_seconds is not None else max(ends, default=None),
+        duration=audio_seconds if audio_seconds is not None else (max(ends) if ends else None),
         segments=segments,
         words=words,
         usage=usage,
@@ -172,8 +172,8 @@ def to_result(body: Any, request: TranscriptionRequest) -> TranscriptionResult:
 def to_event(kind: str | None, data: Mapping[str, Any]) -> StreamEvent | None:
     """One SSE payload as a canonical event; None for events not relayed (language, segment, unknown)."""
     if kind == "error" or data.get("type") == "error" or "error" in data or data.get("object") == "error":
-        err = data.get("error", data)
-        err = err if isinstance(err, Mapping) else {"message": str(err)}
+        inner: Any = data.get("error", data)
+        err: Mapping[str, Any] = inner if isinstance(inner, Mapping) else {"message": str(inner)}
         raise UpstreamError(
             str(err.get("message") or "mistral reported an error mid-stream"),
             error_type=str(err.get("type") or "api_error"),

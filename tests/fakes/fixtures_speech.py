@@ -19,13 +19,15 @@ from tests.fakes.mistral import FakeMistral
 
 @pytest.fixture(scope="session")
 def _fake_mistral_server() -> Iterator[FakeMistral]:
-    with FakeMistral() as server:
+    server = FakeMistral()
+    with server:
         yield server
 
 
 @pytest.fixture(scope="session")
 def _fake_elevenlabs_server() -> Iterator[FakeElevenLabs]:
-    with FakeElevenLabs() as server:
+    server = FakeElevenLabs()
+    with server:
         yield server
 
 
