@@ -216,13 +216,13 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 def plan_format(caps: Capabilities, request: TranscriptionRequest, provider: str = "") -> TranscriptionRequest:
     """Ask the provider for what it can give; the gateway renders the rest (gateway.formats).
 
-    Timings the client asked for by name (``timestamp_granularities``) that the provider cannot give are
-    refused with a 400 naming them, rather than silently left out.
+    Timings a verbose_json client asked for by name (``timestamp_granularities``) that the provider cannot
+    give are refused with a 400 naming them, rather than silently left out.
     """
     fmt = request.response_format
     asked = request.timestamp_granularities
     missing = [g for g in asked if not (caps.word_timestamps if g == "word" else caps.segment_timestamps)]
-    if missing:
+    if missing and fmt == "verbose_json":  # only verbose_json shows timings; other formats lose nothing
         raise ClientError(
             f"{provider or 'this provider'} cannot give {' or '.join(missing)} timestamps for model "
             f"{request.model!r}; drop timestamp_granularities={missing[0]} or use another provider/model",

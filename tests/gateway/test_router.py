@@ -493,3 +493,11 @@ async def test_a_custom_providers_error_reports_its_kind_for_the_contract_enum()
     with pytest.raises(UpstreamError) as info:
         await r.transcribe(request(provider="office-whisper"))
     assert info.value.provider == "openai"
+
+
+async def test_granularities_do_not_matter_for_formats_that_show_no_timings() -> None:
+    caps = Capabilities(native_formats=frozenset({"json", "text"}), native_stream=False, word_timestamps=False,
+                        segment_timestamps=False)
+    impl = RecordingProvider(capabilities=caps)
+    await router((config(), impl)).transcribe(request(response_format="text", timestamp_granularities=("word",)))
+    assert impl.seen[0].response_format == "text"
