@@ -36,7 +36,7 @@ import httpx
 import orjson
 
 from gateway.canonical import Logprob, TranscriptionRequest, TranscriptionResult, Usage, Word
-from gateway.errors import ClientError, GatewayError, PayloadTooLarge, UpstreamUnavailable
+from gateway.errors import ClientError, GatewayError, UpstreamUnavailable
 from gateway.settings import ProviderConfig
 from providers.base import Attempt, Capabilities
 from providers.http import map_transport_errors, multipart_body, parse_json, raise_for_upstream, upload_filename
@@ -218,9 +218,6 @@ class ElevenLabs:
 
     def _request(self, request: TranscriptionRequest, attempt: Attempt) -> httpx.Request:
         """A fresh upstream request (its body iterator is single-use; each attempt builds its own)."""
-        limit = ELEVENLABS.max_file_mb
-        if limit is not None and request.audio.size > limit * 1024 * 1024:
-            raise PayloadTooLarge(f"elevenlabs accepts files up to {limit} MB", param="file", provider=self.name)
         fields, query = to_wire_fields(request, attempt.model)
         filename, file_type = upload_filename(request.audio)
         content_type, length, body = multipart_body(fields, "file", request.audio, filename, file_type)

@@ -46,7 +46,7 @@ from gateway.canonical import (
     Usage,
     Word,
 )
-from gateway.errors import ClientError, GatewayError, PayloadTooLarge, UpstreamError, UpstreamUnavailable
+from gateway.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
 from gateway.settings import ProviderConfig
 from providers.base import Attempt, Capabilities
 from providers.http import map_transport_errors, multipart_body, parse_json, raise_for_upstream, upload_filename
@@ -268,9 +268,6 @@ class Mistral:
 
     def _request(self, request: TranscriptionRequest, attempt: Attempt, *, stream: bool) -> httpx.Request:
         """A fresh upstream request (its body iterator is single-use; each attempt builds its own)."""
-        limit = MISTRAL.max_file_mb
-        if limit is not None and request.audio.size > limit * 1024 * 1024:
-            raise PayloadTooLarge(f"mistral accepts files up to {limit} MB", param="file", provider=self.name)
         fields = to_wire_fields(request, attempt.model, stream=stream)
         filename, file_type = upload_filename(request.audio)
         content_type, length, body = multipart_body(fields, "file", request.audio, filename, file_type)

@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -16,7 +16,7 @@ import pytest
 
 from gateway.canonical import BytesAudio, StreamDelta, StreamDone, StreamEvent, TranscriptionRequest
 from gateway.config import from_environment
-from gateway.errors import ClientError, PayloadTooLarge, UpstreamError, UpstreamUnavailable, envelope
+from gateway.errors import ClientError, UpstreamError, UpstreamUnavailable, envelope
 from gateway.settings import KeyConfig, Secret
 from providers import registry
 from providers.base import Attempt, StreamingTranscriber, Transcriber
@@ -259,30 +259,6 @@ async def test_vendor_errors_keep_status_type_code_param(mistral: Mistral, fake_
     with pytest.raises(UpstreamUnavailable) as unavailable:
         await mistral.transcribe(request(), attempt(fake_mistral))
     assert unavailable.value.status == 502
-
-
-@dataclass
-class HugeAudio:
-    size: int = 600 * 1024 * 1024
-    filename: str = "big.wav"
-    content_type: str = "audio/wav"
-    format: str | None = "wav"
-    head: bytes = b"RIFF"
-
-    async def chunks(self, chunk_size: int = 65536) -> AsyncIterator[bytes]:
-        yield b""
-
-    async def read(self) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass
-
-
-async def test_files_over_the_limit_are_refused_before_upload(mistral: Mistral, fake_mistral: FakeMistral) -> None:
-    with pytest.raises(PayloadTooLarge) as info:
-        await mistral.transcribe(request(audio=HugeAudio()), attempt(fake_mistral))
-    assert info.value.param == "file" and fake_mistral.requests == []
 
 
 def test_registry_and_zero_config_env() -> None:
