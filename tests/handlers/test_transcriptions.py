@@ -354,3 +354,12 @@ def test_gpt4o_word_timestamps_are_refused_naming_the_field(client: openai.OpenA
         )
     assert info.value.body["param"] == "timestamp_granularities"  # type: ignore[index]
     assert fake_openai.requests == []
+
+
+@pytest.mark.parametrize("fmt", ["json", "verbose_json"])
+def test_openai_sdk_on_the_unified_route(gateway_url: str, fake_groq: Any, fmt: str) -> None:
+    sdk = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="x", max_retries=0)
+    result = sdk.audio.transcriptions.create(model="groq/whisper-large-v3", file=audio_file(), response_format=fmt)
+    assert result.text == TRANSCRIPT
+    assert result.model_extra["extra_fields"]["provider"] == "groq"  # type: ignore[index]
+    assert fake_groq.last.field("model") == "whisper-large-v3"
