@@ -174,7 +174,10 @@ def create_app(
     config: GatewayConfig,
     *,
     contract: dict[str, Any] | None = None,
+    strict_responses: bool = False,
 ) -> AsyncApp:
+    """``strict_responses``: a stream event that breaks the contract breaks the stream (tests, staging)
+    instead of only being logged; non-stream responses are always checked strictly."""
     if contract is None:
         spec_dir = config.server.spec_dir
         contract = spec.load_contract(Path(spec_dir)) if spec_dir else spec.load_contract()
@@ -208,7 +211,7 @@ def create_app(
         resolver=Resolver(function_resolver=table.__getitem__),
         validate_responses=True,
         strict_validation=False,
-        validator_map={**validator_map(make_validator_map(limits)["body"]),
+        validator_map={**validator_map(make_validator_map(limits)["body"], strict_sse=strict_responses),
                        "parameter": HeaderCoercingParameterValidator},
         swagger_ui_options=swagger,
     )

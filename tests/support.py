@@ -76,13 +76,30 @@ def config_with(*providers: ProviderConfig, **client: Any) -> GatewayConfig:
     )
 
 
+def strict_app(config: GatewayConfig, **kwargs: Any) -> Any:
+    """The app as tests run it: a response or stream event that breaks the contract fails loudly."""
+    return create_app(config, strict_responses=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def gateway_url(_fake_openai_server: Any, _fake_azure_server: Any, _fake_groq_server: Any) -> Iterator[str]:
+    """One gateway per test module in front of the OpenAI, Azure and Groq fakes."""
+    config = config_with(
+        _fake_openai_server.provider_config(),
+        _fake_azure_server.provider_config(),
+        _fake_groq_server.provider_config(),
+    )
+    with serve(strict_app(config)) as url:
+        yield url
+
+
 @pytest.fixture
 def run_gateway() -> Iterator[Callable[..., str]]:
     """``run_gateway(config)`` starts a gateway for this test and returns its base URL."""
     stack: list[Any] = []
 
     def start(config: GatewayConfig, **kwargs: Any) -> str:
-        ctx = serve(create_app(config, **kwargs))
+        ctx = serve(strict_app(config, **kwargs))
         url = ctx.__enter__()
         stack.append(ctx)
         return url

@@ -35,17 +35,6 @@ PROVIDERS = {
 TEXT = "text/plain; charset=utf-8"
 
 
-@pytest.fixture(scope="module")
-def gateway_url(_fake_openai_server: Any, _fake_azure_server: Any, _fake_groq_server: Any) -> Iterator[str]:
-    config = config_with(
-        _fake_openai_server.provider_config(),
-        _fake_azure_server.provider_config(),
-        _fake_groq_server.provider_config(),
-    )
-    with serve(create_app(config)) as url:
-        yield url
-
-
 @pytest.fixture
 def fakes(fake_openai: FakeOpenAI, fake_azure: FakeOpenAI, fake_groq: FakeOpenAI) -> dict[str, FakeOpenAI]:
     return {"openai": fake_openai, "azure": fake_azure, "groq": fake_groq}

@@ -127,17 +127,6 @@ def no_traceback_in_the_log(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not traces, "\n".join(f"{r.name}: {r.getMessage()}" for r in traces)
 
 
-@pytest.fixture(scope="module")
-def gateway_url(_fake_openai_server: Any, _fake_azure_server: Any, _fake_groq_server: Any) -> Iterator[str]:
-    config = config_with(
-        _fake_openai_server.provider_config(),
-        _fake_azure_server.provider_config(),
-        _fake_groq_server.provider_config(),
-    )
-    with serve(create_app(config)) as url:
-        yield url
-
-
 @pytest.fixture
 def http(gateway_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway_url, timeout=10) as client:

@@ -59,37 +59,10 @@ def assert_conforms(payload: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------ gateways
 
 
-def _strict_app(config: GatewayConfig) -> Any:
-    """The app with the strict SSE validator: an event breaking the contract breaks the stream."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(app_module, "validator_map", functools.partial(validator_map, strict_sse=True))
-        return create_app(config)
-
-
-@pytest.fixture(scope="module")
-def gateway_url(_fake_openai_server: Any, _fake_azure_server: Any, _fake_groq_server: Any) -> Iterator[str]:
-    config = config_with(
-        _fake_openai_server.provider_config(),
-        _fake_azure_server.provider_config(),
-        _fake_groq_server.provider_config(),
-    )
-    with serve(_strict_app(config)) as url:
-        yield url
-
-
 @pytest.fixture
-def start_gateway() -> Iterator[Callable[[GatewayConfig], str]]:
+def start_gateway(run_gateway: Callable[..., str]) -> Callable[..., str]:
     """A gateway with its own configuration (timeouts, fallbacks), strict like the shared one."""
-    stack: list[Any] = []
-
-    def start(config: GatewayConfig) -> str:
-        ctx = serve(_strict_app(config))
-        stack.append(ctx)
-        return ctx.__enter__()
-
-    yield start
-    for ctx in reversed(stack):
-        ctx.__exit__(None, None, None)
+    return run_gateway
 
 
 @pytest.fixture

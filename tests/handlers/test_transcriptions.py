@@ -22,17 +22,6 @@ from gateway.app import create_app
 FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 
 
-@pytest.fixture(scope="module")
-def gateway_url(_fake_openai_server: Any, _fake_azure_server: Any, _fake_groq_server: Any) -> Iterator[str]:
-    config = config_with(
-        _fake_openai_server.provider_config(),
-        _fake_azure_server.provider_config(),
-        _fake_groq_server.provider_config(),
-    )
-    with serve(create_app(config)) as url:
-        yield url
-
-
 @pytest.fixture
 def client(gateway_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway_url}/openai/v1", api_key="sk-client", max_retries=0)
