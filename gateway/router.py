@@ -221,7 +221,9 @@ def plan_format(caps: Capabilities, request: TranscriptionRequest, provider: str
     """
     fmt = request.response_format
     asked = request.timestamp_granularities
-    missing = [g for g in asked if not (caps.word_timestamps if g == "word" else caps.segment_timestamps)]
+    # segments can always be built from words (gateway.formats groups them), never words from segments
+    has = {"word": caps.word_timestamps, "segment": caps.segment_timestamps or caps.word_timestamps}
+    missing = [g for g in asked if not has.get(g, False)]
     if missing and fmt == "verbose_json":  # only verbose_json shows timings; other formats lose nothing
         raise ClientError(
             f"{provider or 'this provider'} cannot give {' or '.join(missing)} timestamps for model "

@@ -501,3 +501,13 @@ async def test_granularities_do_not_matter_for_formats_that_show_no_timings() ->
     impl = RecordingProvider(capabilities=caps)
     await router((config(), impl)).transcribe(request(response_format="text", timestamp_granularities=("word",)))
     assert impl.seen[0].response_format == "text"
+
+
+async def test_segments_are_available_when_the_provider_gives_words() -> None:
+    caps = Capabilities(native_formats=frozenset({"json", "verbose_json"}), native_stream=False,
+                        word_timestamps=True, segment_timestamps=False)
+    impl = RecordingProvider(capabilities=caps)
+    await router((config(), impl)).transcribe(
+        request(response_format="verbose_json", timestamp_granularities=("word", "segment"))
+    )
+    assert impl.seen[0].response_format == "verbose_json"
