@@ -1,0 +1,1 @@
+"""Composition of the gateway: configuration, contract loading, app factory, CLI, routing policy, formats."""
