@@ -6,6 +6,7 @@
       ├── handlers.operations(gateway)         operationId -> function; a missing one stops the start
       ├── multipart.make_validator_map(...)    one-pass multipart validation with size limits
       ├── validation.validator_map(...)        compiled response validators (JSON, text, SSE)
+      ├── middleware_stack()                   Connexion's stack minus what costs without serving us
       └── error handlers                       every error -> the Bifrost envelope
 """
 
@@ -21,9 +22,15 @@ from typing import Any
 
 import orjson
 from connexion import AsyncApp
+from connexion.apps.asynchronous import AsyncApi, AsyncOperation
+from connexion.context import receive as context_receive
+from connexion.context import scope as context_scope
+from connexion.decorators import StarletteDecorator
 from connexion.exceptions import NonConformingResponse, ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import ConnexionMiddleware
+from connexion.middleware.security import SecurityMiddleware
+from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from connexion.validators import ParameterValidator
@@ -46,6 +53,7 @@ from gateway.settings import GatewayConfig
 from gateway.validation import validator_map
 
 log = logging.getLogger("bifrost_stt")
+DOCS_PATH = "/docs"
 
 
 class ContractEndpoint:
@@ -65,6 +73,71 @@ class ContractEndpoint:
             await send({"type": "http.response.body", "body": self.body if scope["method"] == "GET" else b""})
             return
         await self.app(scope, receive, send)
+
+
+class DocsOnlySwaggerUI(SwaggerUIMiddleware):
+    """Swagger UI entered only for its own paths.
+
+    The stock middleware copies the scope, sets a context variable and runs a Starlette router over
+    every request before handing it on; only ``/docs`` can match it.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith(DOCS_PATH):
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def middleware_stack(contract_body: bytes) -> list[Any]:
+    """Connexion's default middlewares, with ours inserted, minus what costs without serving us.
+
+    Dropped: ``SecurityMiddleware``. The gateway enforces no authentication (the overlay gives every
+    operation an anonymous ``{}`` alternative, so the middleware only ever called a pass-through) and
+    provider keys are checked upstream. Swagger UI is entered only for ``/docs``.
+    """
+    stack: list[Any] = [
+        DocsOnlySwaggerUI if middleware is SwaggerUIMiddleware else middleware
+        for middleware in ConnexionMiddleware.default_middlewares
+        if middleware is not SecurityMiddleware
+    ]
+    stack.insert(2, functools.partial(ContractEndpoint, body=contract_body))
+    stack.insert(3, LowerCaseMediaType)
+    return stack
+
+
+class _DecorateOnce(StarletteDecorator):
+    """Connexion's Starlette decorator, with the handler decorated once instead of on every request.
+
+    The stock ``ASGIDecorator`` rebuilds the parameter and response decorators per call (an
+    ``inspect.signature`` and several ``functools.wraps``); nothing in them depends on the request,
+    which the decorators read from Connexion's context variables when they run.
+    """
+
+    def __call__(self, function: Any) -> Any:
+        decorated = self.decorate(function)
+
+        @functools.wraps(function)
+        async def wrapper(*_args: Any, **_kwargs: Any) -> Any:
+            request = self.framework.get_request(
+                uri_parser=self.uri_parser, scope=context_scope, receive=context_receive
+            )
+            return await decorated(request)
+
+        return wrapper
+
+
+class _DecoratedOnceOperation(AsyncOperation):
+    @functools.cached_property
+    def fn(self) -> Any:  # type: ignore[override]  # a cached property where Connexion has a property
+        return _DecorateOnce(pythonic_params=self.pythonic_params, jsonifier=self.jsonifier)(self._fn)
+
+
+class _DecoratedOnceApi(AsyncApi):
+    def make_operation(self, operation: Any) -> AsyncOperation:
+        return _DecoratedOnceOperation.from_operation(
+            operation, pythonic_params=self.pythonic_params, jsonifier=self.jsonifier
+        )
 
 
 class LowerCaseMediaType:
@@ -200,12 +273,11 @@ def create_app(
         spool_threshold_bytes=config.client.spool_threshold_kb * 1024,
         reject_non_audio=config.client.reject_non_audio,
     )
-    contract_body = orjson.dumps(contract)
-    middlewares = list(ConnexionMiddleware.default_middlewares)
-    middlewares.insert(2, functools.partial(ContractEndpoint, body=contract_body))
-    middlewares.insert(3, LowerCaseMediaType)
-    swagger = SwaggerUIOptions(serve_spec=False, swagger_ui=True, swagger_ui_path="/docs", spec_path="/openapi.json")
-    app = AsyncApp(__name__, lifespan=lifespan, middlewares=middlewares, swagger_ui_options=swagger)
+    swagger = SwaggerUIOptions(serve_spec=False, swagger_ui=True, swagger_ui_path=DOCS_PATH, spec_path="/openapi.json")
+    app = AsyncApp(__name__, lifespan=lifespan, middlewares=middleware_stack(orjson.dumps(contract)),
+                   swagger_ui_options=swagger)
+    # Operations decorate their handler once (_DecorateOnce); set before add_api creates them.
+    app._middleware_app.api_cls = _DecoratedOnceApi  # type: ignore[attr-defined]
     app.add_api(
         spec.to_connexion(contract),
         resolver=Resolver(function_resolver=table.__getitem__),
