@@ -143,6 +143,9 @@ def _serve(args: argparse.Namespace) -> int:
         loop="uvloop" if importlib.util.find_spec("uvloop") else "auto",
         http="httptools" if importlib.util.find_spec("httptools") else "auto",
         log_level=server.log_level,
+        # X-Forwarded-* rewriting wraps every request in one more middleware and nothing here reads the
+        # client address or scheme: off (uvicorn's default is on).
+        proxy_headers=False,
         timeout_graceful_shutdown=_shutdown_timeout(config),
     )
     return 0

@@ -24,15 +24,18 @@ class Gateway:
         self._provider_ids = provider_ids  # every id the contract names, implemented here or not
         self._router: Router | None = None
         self._clients: list[Any] = []
+        # Both are read on every request and cannot change while the gateway runs: computed once.
+        self._configured = frozenset(config.providers)
+        self._known = provider_ids | registry.known() | self._configured
 
     @property
     def known_providers(self) -> frozenset[str]:
         """Provider ids a model prefix may name: the contract's ids, registry kinds, configured names."""
-        return self._provider_ids | registry.known() | frozenset(self.config.providers)
+        return self._known
 
     @property
     def configured(self) -> frozenset[str]:
-        return frozenset(self.config.providers)
+        return self._configured
 
     def kind_of(self, provider: str) -> str:
         cfg = self.config.providers.get(provider)
