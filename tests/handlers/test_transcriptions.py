@@ -352,3 +352,17 @@ def test_openai_sdk_on_the_unified_route(gateway_url: str, fake_groq: Any, fmt: 
     assert result.text == TRANSCRIPT
     assert result.model_extra["extra_fields"]["provider"] == "groq"  # type: ignore[index]
     assert fake_groq.last.field("model") == "whisper-large-v3"
+
+
+def test_readme_fallback_example_through_the_sdk(client: openai.OpenAI, fake_openai: Any, fake_groq: Any) -> None:
+    fake_openai.keys = {"sk-nobody"}  # the primary fails (401); the fallback serves
+    raw = client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=audio_file(), response_format="srt",
+        extra_body={"fallbacks": ["groq/whisper-large-v3"]},
+    )
+    assert raw.status_code == 200
+    assert raw.headers["x-bifrost-fallback-index"] == "1"
+    assert raw.headers["x-bifrost-provider"] == "groq"
+    assert raw.parse().startswith("1\n00:00:00,000 --> ")
+    assert fake_openai.last.field("model") == "whisper-1"
+    assert fake_groq.last.field("model") == "whisper-large-v3"
