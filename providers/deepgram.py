@@ -28,21 +28,20 @@ Deepgram's default ``en``) the language, ``metadata.duration`` the duration and 
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
-import orjson
 
 from gateway import sniff
 from gateway.canonical import AudioSource, Segment, TranscriptionRequest, TranscriptionResult, Usage, Word
 from gateway.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
 from gateway.settings import KeyConfig, ProviderConfig
 from providers.base import Attempt, Capabilities
-from providers.http import map_transport_errors, parse_json, raise_for_upstream, redact, upload_filename
+from providers.http import parse_json, redact, upload_filename
+from providers.wire import fetch, key_secrets
 
 DEFAULT_BASE_URL = "https://api.deepgram.com"
 PATH = "/v1/listen"
@@ -281,28 +280,13 @@ class Deepgram:
 
     async def transcribe(self, request: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult:
         """One /v1/listen call within ``attempt.timeout`` seconds, answer in canonical form."""
-        secrets = (attempt.key.value.reveal(),) if attempt.key is not None and attempt.key.value else ()
-        upstream = self._request(request, attempt)
-        with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
-            async with asyncio.timeout(attempt.timeout):
-                response = await self.client.send(upstream)
-                try:
-                    if not response.is_success:
-                        body = await response.aread()
-                        try:
-                            data = orjson.loads(body) if body.strip() else None
-                        except orjson.JSONDecodeError:
-                            data = None
-                        error = to_upstream_error(
-                            self.name, response.status_code, data, key=attempt.key, secrets=secrets,
-                            headers={k: v for k, v in response.headers.items() if k.lower() == "retry-after"},
-                        )
-                        if error is not None:
-                            raise error
-                    await raise_for_upstream(self.name, response, secrets=secrets)
-                    await response.aread()
-                finally:
-                    await response.aclose()
+        secrets = key_secrets(attempt)
+
+        def vendor_error(status: int, data: Any, headers: Mapping[str, str]) -> UpstreamError | None:
+            return to_upstream_error(self.name, status, data, key=attempt.key, secrets=secrets, headers=headers)
+
+        response = await fetch(self.name, self.client, self._request(request, attempt), attempt,
+                               vendor_error=vendor_error)
         return to_result(self.name, parse_json(self.name, response), request.language)
 
 

@@ -27,7 +27,6 @@ Decisions, and why:
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -39,7 +38,8 @@ from gateway.canonical import Logprob, TranscriptionRequest, TranscriptionResult
 from gateway.errors import ClientError, GatewayError, UpstreamUnavailable
 from gateway.settings import ProviderConfig
 from providers.base import Attempt, Capabilities
-from providers.http import map_transport_errors, multipart_body, parse_json, raise_for_upstream, upload_filename
+from providers.http import multipart_body, parse_json, upload_filename
+from providers.wire import fetch
 
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
 PATH = "/v1/speech-to-text"
@@ -229,31 +229,13 @@ class ElevenLabs:
             "POST", self._url(), params=query or None, content=body, headers=headers, timeout=timeout
         )
 
-    async def _check(self, response: httpx.Response, secrets: tuple[str, ...]) -> None:
-        """Raise the gateway error for a failed answer, the vendor's error body made OpenAI-style first.
-
-        The router names the key of a 401/403 (never its value); nothing to add here.
-        """
-        if not response.is_success:
-            fixed = to_error_body(response.status_code, await response.aread())
-            if fixed is not None:
-                keep = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
-                response = httpx.Response(response.status_code, headers={**keep, "content-type": "application/json"},
-                                          content=fixed)
-        await raise_for_upstream(self.name, response, secrets=secrets)
-
     async def transcribe(self, request: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult:
-        """One upstream call within ``attempt.timeout`` seconds, answer in canonical form."""
-        secrets = (attempt.key.value.reveal(),) if attempt.key is not None and attempt.key.value else ()
+        """One upstream call within ``attempt.timeout`` seconds, answer in canonical form.
+
+        ElevenLabs' error bodies are made OpenAI-style first; the router names a rejected key.
+        """
         upstream = self._request(request, attempt)
-        with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
-            async with asyncio.timeout(attempt.timeout):
-                response = await self.client.send(upstream)
-                try:
-                    await self._check(response, secrets)
-                    await response.aread()
-                finally:
-                    await response.aclose()
+        response = await fetch(self.name, self.client, upstream, attempt, rewrite_error=to_error_body)
         try:
             return to_result(parse_json(self.name, response), logprobs=wants_logprobs(request))
         except GatewayError as exc:

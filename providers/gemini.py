@@ -25,7 +25,6 @@ itself is never built in memory: prefix, base64 of the file read chunk by chunk,
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets as _secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -48,8 +47,8 @@ from gateway.canonical import (
 from gateway.errors import ClientError, GatewayError, PayloadTooLarge, UpstreamError, UpstreamUnavailable
 from gateway.settings import KeyConfig, ProviderConfig
 from providers.base import Attempt, Capabilities
-from providers.http import map_transport_errors, parse_json, raise_for_upstream, redact, upload_filename
-from providers.openai_compat import sse_payloads
+from providers.http import parse_json, redact, upload_filename
+from providers.wire import VendorError, event_json, fetch, key_secrets, open_events
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 API_VERSION = "v1beta"
@@ -376,43 +375,25 @@ class Gemini:
             "POST", self._url(attempt.model, stream=stream), content=body, headers=headers, timeout=timeout
         )
 
-    @staticmethod
-    def _secrets(attempt: Attempt) -> tuple[str, ...]:
-        return (attempt.key.value.reveal(),) if attempt.key is not None and attempt.key.value else ()
-
-    async def _check(self, response: httpx.Response, attempt: Attempt) -> None:
-        """Raise Gemini's own error for a non-2xx answer; the shared mapping for anything else."""
-        secrets = self._secrets(attempt)
-        if not response.is_success:
-            body = await response.aread()
-            try:
-                data = orjson.loads(body) if body.strip() else None
-            except orjson.JSONDecodeError:
-                data = None
-            error = to_upstream_error(self.name, response.status_code, data, key=attempt.key, secrets=secrets)
-            if error is not None:
-                raise error
-        await raise_for_upstream(self.name, response, secrets=secrets)
+    def _vendor_error(self, attempt: Attempt) -> VendorError:
+        """Gemini's own error object (a wrong key is a 400 there) -> UpstreamError naming the key."""
+        secrets = key_secrets(attempt)
+        return lambda status, data, _headers: to_upstream_error(
+            self.name, status, data, key=attempt.key, secrets=secrets
+        )
 
     def _stream_error(self, data: Mapping[str, Any], attempt: Attempt) -> UpstreamError:
         """An error event mid-stream: Gemini's error object, its ``code`` as the status (502 without one)."""
         inner = data.get("error")
         code = inner.get("code") if isinstance(inner, Mapping) else None
         status = int(code) if isinstance(code, int) and 400 <= code <= 599 else 502
-        error = to_upstream_error(self.name, status, data, key=attempt.key, secrets=self._secrets(attempt))
+        error = to_upstream_error(self.name, status, data, key=attempt.key, secrets=key_secrets(attempt))
         return error or UpstreamError(f"{self.name} reported an error mid-stream", provider=self.name)
 
     async def transcribe(self, request: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult:
         """One generateContent call within ``attempt.timeout`` seconds, answer in canonical form."""
         upstream = self._request(request, attempt, stream=False)
-        with map_transport_errors(self.name, timeout=attempt.timeout, secrets=self._secrets(attempt)):
-            async with asyncio.timeout(attempt.timeout):
-                response = await self.client.send(upstream)
-                try:
-                    await self._check(response, attempt)
-                    await response.aread()
-                finally:
-                    await response.aclose()
+        response = await fetch(self.name, self.client, upstream, attempt, vendor_error=self._vendor_error(attempt))
         return to_result(self.name, parse_json(self.name, response), request.language)
 
     async def stream(self, request: TranscriptionRequest, attempt: Attempt) -> AsyncIterator[StreamEvent]:
@@ -422,55 +403,39 @@ class Gemini:
         non-2xx answer) raise from it, so the router can still retry or fall back. Whitespace Gemini
         puts at the very start or end is held back, so the deltas join to exactly the done text.
         """
-        secrets = self._secrets(attempt)
-        upstream = self._request(request, attempt, stream=True)
-        with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
-            async with asyncio.timeout(attempt.timeout):
-                response = await self.client.send(upstream, stream=True)
+        events = open_events(
+            self.name, self.client, self._request(request, attempt, stream=True), attempt,
+            idle_timeout=self.config.network.stream_idle_timeout_in_seconds,
+            vendor_error=self._vendor_error(attempt),
+        )
         try:
-            with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
-                await self._check(response, attempt)
-            if "text/event-stream" not in response.headers.get("content-type", ""):
-                raise UpstreamUnavailable(
-                    f"{self.name} answered a stream request with "
-                    f"{response.headers.get('content-type') or 'no content type'} instead of text/event-stream",
-                    provider=self.name,
-                )
             text, held, finished = "", "", False
             usage: Usage | None = None
             logprobs: list[Logprob] = []
-            idle = self.config.network.stream_idle_timeout_in_seconds
-            setting = "stream_idle_timeout_in_seconds"
-            with map_transport_errors(self.name, timeout=idle, setting=setting, secrets=secrets):
-                async for payload in sse_payloads(response):
-                    try:
-                        data = orjson.loads(payload)
-                    except orjson.JSONDecodeError:
-                        raise UpstreamUnavailable(
-                            f"{self.name} sent a stream event that is not JSON", provider=self.name
-                        ) from None
-                    if not isinstance(data, Mapping):
-                        continue
-                    if "error" in data:
-                        raise self._stream_error(data, attempt)
-                    candidate = _first_candidate(self.name, data)
-                    usage = to_usage(data.get("usageMetadata")) or usage
-                    finished = finished or bool(candidate and candidate.get("finishReason"))
-                    piece = held + to_text(self.name, candidate)
-                    if not text:
-                        piece = piece.lstrip()
-                    kept = piece.rstrip()
-                    held = piece[len(kept):]
-                    chunk_logprobs = to_logprobs(candidate) if candidate else ()
-                    logprobs.extend(chunk_logprobs)
-                    if kept:
-                        text += kept
-                        yield StreamDelta(delta=kept, logprobs=chunk_logprobs)
+            async for _, payload in events:
+                data = event_json(self.name, payload)
+                if not isinstance(data, Mapping):
+                    continue
+                if "error" in data:
+                    raise self._stream_error(data, attempt)
+                candidate = _first_candidate(self.name, data)
+                usage = to_usage(data.get("usageMetadata")) or usage
+                finished = finished or bool(candidate and candidate.get("finishReason"))
+                piece = held + to_text(self.name, candidate)
+                if not text:
+                    piece = piece.lstrip()
+                kept = piece.rstrip()
+                held = piece[len(kept):]
+                chunk_logprobs = to_logprobs(candidate) if candidate else ()
+                logprobs.extend(chunk_logprobs)
+                if kept:
+                    text += kept
+                    yield StreamDelta(delta=kept, logprobs=chunk_logprobs)
             if not finished:
                 raise UpstreamUnavailable(f"{self.name} ended the stream before a finishReason", provider=self.name)
             yield StreamDone(text=text, usage=usage, logprobs=tuple(logprobs))
         finally:
-            await response.aclose()
+            await events.aclose()
 
 
 def create(config: ProviderConfig, client: httpx.AsyncClient) -> Gemini:

@@ -18,7 +18,6 @@ no OpenAI formats and does not stream; ``json`` and ``verbose_json`` below mean 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -31,7 +30,8 @@ from gateway.canonical import AudioSource, Segment, TranscriptionRequest, Transc
 from gateway.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
 from gateway.settings import ProviderConfig
 from providers.base import Attempt, Capabilities
-from providers.http import map_transport_errors, parse_json, raise_for_upstream, redact, upload_filename
+from providers.http import parse_json, redact, upload_filename
+from providers.wire import fetch, key_secrets
 from providers.openai_compat import bearer
 
 DEFAULT_BASE_URL = "https://router.huggingface.co/hf-inference"
@@ -190,15 +190,13 @@ def to_result(body: Any, timestamps: bool | str | None) -> TranscriptionResult:
     )
 
 
-def to_error(provider: str, status: int, body: bytes, headers: Mapping[str, str], secrets: tuple[str, ...]) -> UpstreamError | None:
+def to_error(
+    provider: str, status: int, data: Any, headers: Mapping[str, str], secrets: tuple[str, ...]
+) -> UpstreamError | None:
     """HF's ``{"error": "..."}`` / ``{"error": [...]}`` as an UpstreamError; None for any other shape.
 
     A model still loading answers 503 with ``estimated_time``: it becomes Retry-After for the router.
     """
-    try:
-        data = orjson.loads(body) if body.strip() else None
-    except orjson.JSONDecodeError:
-        return None
     if not isinstance(data, Mapping):
         return None
     error = data.get("error")
@@ -262,21 +260,12 @@ class HuggingFace:
 
     async def transcribe(self, request: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult:
         """One upstream call within ``attempt.timeout`` seconds, answer in canonical form."""
-        secrets = (attempt.key.value.reveal(),) if attempt.key is not None and attempt.key.value else ()
+        secrets = key_secrets(attempt)
         upstream = self._request(request, attempt)  # refusals (400) happen here, before any I/O
-        with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
-            async with asyncio.timeout(attempt.timeout):
-                response = await self.client.send(upstream)
-                try:
-                    if not response.is_success:
-                        body = await response.aread()
-                        error = to_error(self.name, response.status_code, body, response.headers, secrets)
-                        if error is not None:
-                            raise error
-                    await raise_for_upstream(self.name, response, secrets=secrets)
-                    await response.aread()
-                finally:
-                    await response.aclose()
+        response = await fetch(
+            self.name, self.client, upstream, attempt,
+            vendor_error=lambda status, data, headers: to_error(self.name, status, data, headers, secrets),
+        )
         try:
             return to_result(parse_json(self.name, response), to_timestamps(request))
         except GatewayError as exc:

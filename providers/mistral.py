@@ -28,7 +28,6 @@ Decisions, and why:
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -49,7 +48,8 @@ from gateway.canonical import (
 from gateway.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
 from gateway.settings import ProviderConfig
 from providers.base import Attempt, Capabilities
-from providers.http import map_transport_errors, multipart_body, parse_json, raise_for_upstream, upload_filename
+from providers.http import multipart_body, parse_json, upload_filename
+from providers.wire import event_json, fetch, open_events
 
 DEFAULT_BASE_URL = "https://api.mistral.ai"
 PATH = "/v1/audio/transcriptions"
@@ -229,23 +229,6 @@ def _type_for(status: int) -> str:
     )
 
 
-async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str | None, str]]:
-    """``(event name or None, data)`` for each server-sent event, multi-line data joined by newlines."""
-    name: str | None = None
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield name, "\n".join(data)
-            name, data = None, []
-        elif line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-    if data:
-        yield name, "\n".join(data)
-
-
 # ------------------------------------------------------------------------------------------ adapter
 
 
@@ -282,35 +265,13 @@ class Mistral:
         timeout = httpx.Timeout(attempt.timeout, connect=self.config.network.connect_timeout_in_seconds, read=read)
         return self.client.build_request("POST", self._url(), content=body, headers=headers, timeout=timeout)
 
-    async def _check(self, response: httpx.Response, secrets: tuple[str, ...]) -> None:
-        """Raise the gateway error for a failed answer, the vendor's error body made OpenAI-style first.
-
-        The router names the key of a 401/403 (never its value); nothing to add here.
-        """
-        if not response.is_success:
-            fixed = to_error_body(response.status_code, await response.aread())
-            if fixed is not None:
-                keep = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
-                response = httpx.Response(response.status_code, headers={**keep, "content-type": "application/json"},
-                                          content=fixed)
-        await raise_for_upstream(self.name, response, secrets=secrets)
-
-    @staticmethod
-    def _secrets(attempt: Attempt) -> tuple[str, ...]:
-        return (attempt.key.value.reveal(),) if attempt.key is not None and attempt.key.value else ()
-
     async def transcribe(self, request: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult:
-        """One upstream call within ``attempt.timeout`` seconds, answer in canonical form."""
-        secrets = self._secrets(attempt)
+        """One upstream call within ``attempt.timeout`` seconds, answer in canonical form.
+
+        Mistral's error bodies are made OpenAI-style first; the router names a rejected key (never its value).
+        """
         upstream = self._request(request, attempt, stream=False)
-        with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
-            async with asyncio.timeout(attempt.timeout):
-                response = await self.client.send(upstream)
-                try:
-                    await self._check(response, secrets)
-                    await response.aread()
-                finally:
-                    await response.aclose()
+        response = await fetch(self.name, self.client, upstream, attempt, rewrite_error=to_error_body)
         try:
             return to_result(parse_json(self.name, response), request)
         except GatewayError as exc:
@@ -319,48 +280,31 @@ class Mistral:
 
     async def stream(self, request: TranscriptionRequest, attempt: Attempt) -> AsyncIterator[StreamEvent]:
         """Relay Mistral's SSE as canonical events; errors before the first event raise from its ``__anext__``."""
-        secrets = self._secrets(attempt)
-        upstream = self._request(request, attempt, stream=True)
-        with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
-            async with asyncio.timeout(attempt.timeout):
-                response = await self.client.send(upstream, stream=True)
+        events = open_events(
+            self.name, self.client, self._request(request, attempt, stream=True), attempt,
+            idle_timeout=self.config.network.stream_idle_timeout_in_seconds, rewrite_error=to_error_body,
+        )
         try:
-            with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
-                await self._check(response, secrets)
-            if "text/event-stream" not in response.headers.get("content-type", ""):
-                raise UpstreamUnavailable(
-                    f"{self.name} answered a stream request with "
-                    f"{response.headers.get('content-type') or 'no content type'} instead of text/event-stream",
-                    provider=self.name,
-                )
             sent_delta = False
-            idle = self.config.network.stream_idle_timeout_in_seconds
-            with map_transport_errors(self.name, timeout=idle, setting="stream_idle_timeout_in_seconds",
-                                      secrets=secrets):
-                async for kind, payload in sse_events(response):
-                    if payload.strip() == "[DONE]":
-                        break
-                    try:
-                        data = orjson.loads(payload)
-                    except orjson.JSONDecodeError:
-                        raise UpstreamUnavailable(
-                            f"{self.name} sent a stream event that is not JSON", provider=self.name
-                        ) from None
-                    event = to_event(kind, data) if isinstance(data, Mapping) else None
-                    if isinstance(event, StreamDone):
-                        if not sent_delta and event.text:
-                            yield StreamDelta(delta=event.text)
-                        yield event
-                        return
-                    if event is not None:
-                        sent_delta = True
-                        yield event
+            async for kind, payload in events:
+                if payload.strip() == "[DONE]":
+                    break
+                data = event_json(self.name, payload)
+                event = to_event(kind, data) if isinstance(data, Mapping) else None
+                if isinstance(event, StreamDone):
+                    if not sent_delta and event.text:
+                        yield StreamDelta(delta=event.text)
+                    yield event
+                    return
+                if event is not None:
+                    sent_delta = True
+                    yield event
             raise UpstreamUnavailable(f"{self.name} ended the stream before transcription.done", provider=self.name)
         except GatewayError as exc:
             exc.provider = exc.provider or self.name
             raise
         finally:
-            await response.aclose()
+            await events.aclose()
 
 
 def create(config: ProviderConfig, client: httpx.AsyncClient) -> Mistral:

@@ -15,14 +15,12 @@ A new OpenAI-compatible vendor is one more ``Vendor`` and factory, not a subclas
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
-import orjson
 
 from gateway.canonical import (
     TEXT_FORMATS,
@@ -39,13 +37,8 @@ from gateway.canonical import (
 from gateway.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
 from gateway.settings import KeyConfig, ProviderConfig
 from providers.base import Attempt, Capabilities
-from providers.http import (
-    map_transport_errors,
-    multipart_body,
-    parse_json,
-    raise_for_upstream,
-    upload_filename,
-)
+from providers.http import multipart_body, parse_json, upload_filename
+from providers.wire import event_json, fetch, open_events
 
 ALL_FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt"})
 AZURE_DEFAULT_API_VERSION = "2024-10-21"
@@ -202,20 +195,6 @@ def to_event(provider: str, data: Mapping[str, Any]) -> StreamEvent | None:
     return None
 
 
-async def sse_payloads(response: httpx.Response) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event (multi-line data joined by newlines), in order."""
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-    if data:
-        yield "\n".join(data)
-
-
 # ------------------------------------------------------------------------------------------ adapter
 
 
@@ -259,23 +238,11 @@ class OpenAICompatible:
             return base.rstrip("/") + "/" + override.lstrip("/")
         return self.vendor.url_for(base, attempt)
 
-    def _secrets(self, attempt: Attempt) -> tuple[str, ...]:
-        return (attempt.key.value.reveal(),) if attempt.key is not None and attempt.key.value else ()
-
     async def transcribe(self, request: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult:
         """One upstream call within ``attempt.timeout`` seconds, answer in canonical form."""
-        secrets = self._secrets(attempt)
         fmt = request.response_format or "json"
-        with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
-            async with asyncio.timeout(attempt.timeout):
-                response = await self.client.send(self._request(request, attempt, stream=False))
-                try:
-                    await raise_for_upstream(
-                        self.name, response, expect_json=fmt not in TEXT_FORMATS, secrets=secrets
-                    )
-                    await response.aread()
-                finally:
-                    await response.aclose()
+        upstream = self._request(request, attempt, stream=False)
+        response = await fetch(self.name, self.client, upstream, attempt, expect_json=fmt not in TEXT_FORMATS)
         if fmt in TEXT_FORMATS:
             return to_result(response.text, fmt)
         try:
@@ -291,45 +258,26 @@ class OpenAICompatible:
         UpstreamError for a non-2xx or non-SSE answer before any event. Consumers should close the
         iterator (``contextlib.aclosing``) so an abandoned stream releases its connection at once.
         """
-        secrets = self._secrets(attempt)
         # Stream events carry the transcript only, and streaming models refuse anything but json/text
         # (and timestamp_granularities with it): the client's format is the gateway's business.
         wire = replace(request, response_format="json", timestamp_granularities=())
-        with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
-            async with asyncio.timeout(attempt.timeout):
-                response = await self.client.send(self._request(wire, attempt, stream=True), stream=True)
+        events = open_events(
+            self.name, self.client, self._request(wire, attempt, stream=True), attempt,
+            idle_timeout=self.config.network.stream_idle_timeout_in_seconds,
+        )
         try:
-            with map_transport_errors(self.name, timeout=attempt.timeout, secrets=secrets):
-                await raise_for_upstream(self.name, response, secrets=secrets)
-            if "text/event-stream" not in response.headers.get("content-type", ""):
-                raise UpstreamUnavailable(
-                    f"{self.name} answered a stream request with "
-                    f"{response.headers.get('content-type') or 'no content type'} instead of text/event-stream",
-                    provider=self.name,
-                )
-            idle = self.config.network.stream_idle_timeout_in_seconds
-            with map_transport_errors(
-                self.name, timeout=idle, setting="stream_idle_timeout_in_seconds", secrets=secrets
-            ):
-                async for payload in sse_payloads(response):
-                    if payload.strip() == "[DONE]":
+            async for _, payload in events:
+                if payload.strip() == "[DONE]":
+                    return
+                data = event_json(self.name, payload)
+                event = to_event(self.name, data) if isinstance(data, Mapping) else None
+                if event is not None:
+                    yield event
+                    if isinstance(event, StreamDone):
                         return
-                    try:
-                        data = orjson.loads(payload)
-                    except orjson.JSONDecodeError:
-                        raise UpstreamUnavailable(
-                            f"{self.name} sent a stream event that is not JSON", provider=self.name
-                        ) from None
-                    event = to_event(self.name, data) if isinstance(data, Mapping) else None
-                    if event is not None:
-                        yield event
-                        if isinstance(event, StreamDone):
-                            return
-            raise UpstreamUnavailable(
-                f"{self.name} ended the stream before transcript.text.done", provider=self.name
-            )
+            raise UpstreamUnavailable(f"{self.name} ended the stream before transcript.text.done", provider=self.name)
         finally:
-            await response.aclose()
+            await events.aclose()
 
 
 # ----------------------------------------------------------------------------------------- vendors

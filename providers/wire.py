@@ -1,0 +1,149 @@
+"""One upstream exchange, the same for every vendor: send within the attempt's deadline, map failures,
+read server-sent events. Vendors differ only in how their error bodies look, which they say with a hook.
+
+    fetch(...)        one request/answer; raises the mapped UpstreamError; returns the read response
+    open_events(...)  an SSE stream as (event name, data) pairs; errors before the first event raise from
+                      the first ``__anext__`` (so the router can still retry or fall back)
+
+Error hooks (both optional, tried in this order for a non-2xx answer):
+    vendor_error(status, parsed JSON or None, retry headers) -> UpstreamError | None
+    rewrite_error(status, raw body) -> an OpenAI-style error body | None, then mapped as OpenAI's
+Anything the hooks leave is mapped by ``providers.http.raise_for_upstream``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.errors import UpstreamError, UpstreamUnavailable
+from providers.base import Attempt
+from providers.http import map_transport_errors, raise_for_upstream
+
+VendorError = Callable[[int, Any, Mapping[str, str]], UpstreamError | None]
+RewriteError = Callable[[int, bytes], bytes | None]
+
+IDLE_SETTING = "stream_idle_timeout_in_seconds"
+
+
+def key_secrets(attempt: Attempt) -> tuple[str, ...]:
+    """The values that must never leave the gateway for this attempt (its key's)."""
+    key = attempt.key
+    return (key.value.reveal(),) if key is not None and key.value else ()
+
+
+def _retry_headers(response: httpx.Response) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
+
+
+async def check(
+    provider: str,
+    response: httpx.Response,
+    secrets: tuple[str, ...],
+    *,
+    expect_json: bool = True,
+    vendor_error: VendorError | None = None,
+    rewrite_error: RewriteError | None = None,
+) -> None:
+    """Raise the gateway's error for a failed (or unusable) answer; return for a good one."""
+    if not response.is_success and (vendor_error is not None or rewrite_error is not None):
+        body = await response.aread()
+        if vendor_error is not None:
+            try:
+                data = orjson.loads(body) if body.strip() else None
+            except orjson.JSONDecodeError:
+                data = None
+            error = vendor_error(response.status_code, data, _retry_headers(response))
+            if error is not None:
+                raise error
+        if rewrite_error is not None:
+            fixed = rewrite_error(response.status_code, body)
+            if fixed is not None:
+                headers = {**_retry_headers(response), "content-type": "application/json"}
+                response = httpx.Response(response.status_code, headers=headers, content=fixed)
+    await raise_for_upstream(provider, response, expect_json=expect_json, secrets=secrets)
+
+
+async def fetch(
+    provider: str,
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    attempt: Attempt,
+    *,
+    expect_json: bool = True,
+    vendor_error: VendorError | None = None,
+    rewrite_error: RewriteError | None = None,
+) -> httpx.Response:
+    """Send ``request`` and read its answer within ``attempt.timeout`` seconds."""
+    secrets = key_secrets(attempt)
+    with map_transport_errors(provider, timeout=attempt.timeout, secrets=secrets):
+        async with asyncio.timeout(attempt.timeout):
+            response = await client.send(request)
+            try:
+                await check(provider, response, secrets, expect_json=expect_json,
+                            vendor_error=vendor_error, rewrite_error=rewrite_error)
+                await response.aread()
+            finally:
+                await response.aclose()
+    return response
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str | None, str]]:
+    """``(event name or None, data)`` for each server-sent event, multi-line data joined by newlines."""
+    name: str | None = None
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield name, "\n".join(data)
+            name, data = None, []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        yield name, "\n".join(data)
+
+
+async def open_events(
+    provider: str,
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    attempt: Attempt,
+    *,
+    idle_timeout: float,
+    vendor_error: VendorError | None = None,
+    rewrite_error: RewriteError | None = None,
+) -> AsyncIterator[tuple[str | None, str]]:
+    """The upstream's server-sent events; the connection is closed when the iterator ends or is closed."""
+    secrets = key_secrets(attempt)
+    with map_transport_errors(provider, timeout=attempt.timeout, secrets=secrets):
+        async with asyncio.timeout(attempt.timeout):
+            response = await client.send(request, stream=True)
+    try:
+        with map_transport_errors(provider, timeout=attempt.timeout, secrets=secrets):
+            await check(provider, response, secrets, vendor_error=vendor_error, rewrite_error=rewrite_error)
+        content_type = response.headers.get("content-type", "")
+        if "text/event-stream" not in content_type:
+            raise UpstreamUnavailable(
+                f"{provider} answered a stream request with {content_type or 'no content type'} "
+                "instead of text/event-stream",
+                provider=provider,
+            )
+        with map_transport_errors(provider, timeout=idle_timeout, setting=IDLE_SETTING, secrets=secrets):
+            async for event in sse_events(response):
+                yield event
+    finally:
+        await response.aclose()
+
+
+def event_json(provider: str, payload: str) -> Any:
+    """One event's data as JSON; anything else is the upstream's fault (502)."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise UpstreamUnavailable(f"{provider} sent a stream event that is not JSON", provider=provider) from None
