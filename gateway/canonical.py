@@ -25,11 +25,24 @@ CHUNK_SIZE = 64 * 1024
 class AudioSource(Protocol):
     """The uploaded audio, readable as many times as there are attempts (fallbacks, retries)."""
 
-    filename: str
-    content_type: str
-    size: int
-    format: str | None  # sniffed container/codec name ("wav", "mp3", ...) or None when unknown
-    head: bytes  # the first bytes, for sniffing
+    @property
+    def filename(self) -> str: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def format(self) -> str | None:
+        """The sniffed container/codec name ("wav", "mp3", ...), or None when unknown."""
+        ...
+
+    @property
+    def head(self) -> bytes:
+        """The first bytes, for sniffing."""
+        ...
 
     def chunks(self, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
         """Yield the whole file from its start, each call anew."""

@@ -188,7 +188,7 @@ class ProviderSlot:
 
 def backoff_delay(retry: int, initial_ms: int, max_ms: int, rng: random.Random) -> float:
     """Seconds before retry number ``retry`` (1-based): min(initial * 2^(retry-1), max) +/- 20%."""
-    base = min(initial_ms * (2 ** (retry - 1)), max_ms)
+    base = float(min(initial_ms * (2 ** (retry - 1)), max_ms))
     return max(0.0, base * rng.uniform(0.8, 1.2)) / 1000.0
 
 

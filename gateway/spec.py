@@ -121,7 +121,7 @@ def apply_overlay(doc: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any
     actions = overlay.get("actions")
     if not isinstance(actions, list) or not actions:
         raise ContractError("an overlay needs a non-empty 'actions' list")
-    result = _clone(doc)
+    result: dict[str, Any] = _clone(doc)
     for number, action in enumerate(actions, start=1):
         target = action.get("target")
         if not isinstance(target, str):
@@ -258,7 +258,7 @@ def to_connexion(contract: dict[str, Any]) -> dict[str, Any]:
     validation, so the rendering never rejects what the 3.1 contract accepts. ``contract`` is not
     changed.
     """
-    doc = _clone(contract)
+    doc: dict[str, Any] = _clone(contract)
     doc["openapi"] = "3.0.3"
     for key in [key for key in doc if key not in _ROOT_30_KEYS and not key.startswith("x-")]:
         del doc[key]  # webhooks, jsonSchemaDialect, $schema, ...

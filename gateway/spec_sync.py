@@ -76,7 +76,7 @@ def _operations(paths: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def to_yaml(doc: dict[str, Any]) -> str:
     """The document as YAML in its own key order, for writing ``openapi/bifrost.yaml``."""
-    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+    return str(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100))
 
 
 def _components_for(upstream_doc: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:

@@ -102,7 +102,8 @@ def _operation_error_schema() -> dict[str, Any] | None:
     from connexion.context import operation  # bound by Connexion's ContextMiddleware while serving
 
     try:
-        return operation.response_schema("500", "application/json") or None  # type: ignore[no-any-return]
+        schema: dict[str, Any] | None = operation.response_schema("500", "application/json") or None
+        return schema
     except (LookupError, RuntimeError):  # outside a request (unit tests of the validator)
         return None
 

@@ -274,7 +274,8 @@ class Deepgram:
             headers["authorization"] = f"Token {attempt.key.value.reveal()}"
         timeout = httpx.Timeout(attempt.timeout, connect=self.config.network.connect_timeout_in_seconds)
         return self.client.build_request(
-            "POST", self._url(), params=to_wire_query(request, attempt.model), content=raw_body(request.audio),
+            "POST", self._url(), params=tuple(to_wire_query(request, attempt.model)),
+            content=raw_body(request.audio),
             headers=headers, timeout=timeout,
         )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -107,7 +107,7 @@ def to_usage(data: Mapping[str, Any] | None) -> Usage | None:
     if not isinstance(data, Mapping):
         return None
     details = data.get("input_token_details") or {}
-    kind = "duration" if data.get("type") == "duration" else "tokens"
+    kind: Literal["tokens", "duration"] = "duration" if data.get("type") == "duration" else "tokens"
     seconds = data.get("seconds")
     return Usage(
         type=kind,

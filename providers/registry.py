@@ -19,7 +19,7 @@ from types import MappingProxyType
 import httpx
 
 from gateway.settings import ProviderConfig
-from providers.base import Capabilities
+from providers.base import Capabilities, Transcriber
 
 Factory = Callable[[ProviderConfig, httpx.AsyncClient], object]
 
@@ -57,9 +57,15 @@ def load(kind: str) -> Factory:
     return factory  # type: ignore[no-any-return]
 
 
-def build(config: ProviderConfig, client: httpx.AsyncClient) -> object:
-    """The provider object for ``config`` (``config.kind`` picks the implementation)."""
-    return load(config.kind)(config, client)
+def build(config: ProviderConfig, client: httpx.AsyncClient) -> Transcriber:
+    """The provider object for ``config`` (``config.kind`` picks the implementation).
+
+    Every provider transcribes; a factory whose object does not is a bug caught here, at start-up.
+    """
+    provider = load(config.kind)(config, client)
+    if not isinstance(provider, Transcriber):
+        raise TypeError(f"provider kind {config.kind!r} built {type(provider).__name__}, which cannot transcribe")
+    return provider
 
 
 def capabilities_name(kind: str) -> str:

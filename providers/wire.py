@@ -14,7 +14,7 @@ Anything the hooks leave is mapped by ``providers.http.raise_for_upstream``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -118,7 +118,7 @@ async def open_events(
     idle_timeout: float,
     vendor_error: VendorError | None = None,
     rewrite_error: RewriteError | None = None,
-) -> AsyncIterator[tuple[str | None, str]]:
+) -> AsyncGenerator[tuple[str | None, str], None]:
     """The upstream's server-sent events; the connection is closed when the iterator ends or is closed."""
     secrets = key_secrets(attempt)
     with map_transport_errors(provider, timeout=attempt.timeout, secrets=secrets):
