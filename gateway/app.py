@@ -129,7 +129,7 @@ class _DecorateOnce(StarletteDecorator):
 
 class _DecoratedOnceOperation(AsyncOperation):
     @functools.cached_property
-    def fn(self) -> Any:  # type: ignore[override]  # a cached property where Connexion has a property
+    def fn(self) -> Any:  # a cached property where Connexion has a property
         return _DecorateOnce(pythonic_params=self.pythonic_params, jsonifier=self.jsonifier)(self._fn)
 
 
@@ -173,7 +173,8 @@ class HeaderCoercingParameterValidator(ParameterValidator):
 
     def validate_header_parameter(self, param: dict[str, Any], request: Any) -> str | None:
         value = request.headers.get(param["name"])
-        return self.validate_parameter("header", _coerce_header(value, param.get("schema", {})), param)
+        problem: str | None = self.validate_parameter("header", _coerce_header(value, param.get("schema", {})), param)
+        return problem
 
 
 def _coerce_header(value: str | None, schema: Mapping[str, Any]) -> Any:
@@ -277,7 +278,7 @@ def create_app(
     app = AsyncApp(__name__, lifespan=lifespan, middlewares=middleware_stack(orjson.dumps(contract)),
                    swagger_ui_options=swagger)
     # Operations decorate their handler once (_DecorateOnce); set before add_api creates them.
-    app._middleware_app.api_cls = _DecoratedOnceApi  # type: ignore[attr-defined]
+    app._middleware_app.api_cls = _DecoratedOnceApi
     app.add_api(
         spec.to_connexion(contract),
         resolver=Resolver(function_resolver=table.__getitem__),
@@ -289,7 +290,7 @@ def create_app(
     )
     for exc_class in (GatewayError, ProblemException, HTTPException, Exception):
         app.add_error_handler(exc_class, render_error)
-    app.gateway = gateway  # type: ignore[attr-defined]  # for tests and embedding
+    app.gateway = gateway  # for tests and embedding
     return app
 
 
