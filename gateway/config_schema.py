@@ -312,11 +312,13 @@ PROVIDER: Mapping[str, Field] = {
 CLIENT: Mapping[str, Field] = {
     "drop_excess_requests": Field(boolean),
     "max_request_body_size_mb": Field(integer(minimum=1)),
-    "async_job_result_ttl": Field(integer(minimum=1)),
+    "async_job_result_ttl": Field(integer(minimum=1, maximum=30 * 24 * 3600)),  # gateway.jobs.MAX_RESULT_TTL
     "allowed_origins": Field(strings),
     "allow_direct_keys": Field(boolean),
     "reject_non_audio": Field(boolean),  # our own addition
     "spool_threshold_kb": Field(integer(minimum=0)),  # our own addition
+    "job_store_path": Field(string(non_empty=True)),  # our own addition: the async jobs' SQLite file
+    "max_pending_jobs": Field(integer(minimum=1)),  # our own addition
     # would change who may call the gateway: reported when true, since nothing here enforces it
     "enforce_auth_on_inference": Field(boolean, use="unsupported"),
     "enforce_governance_header": Field(boolean, use="unsupported"),

@@ -108,6 +108,8 @@ class ClientConfig:
     max_request_body_size_mb: int = 100
     drop_excess_requests: bool = False
     async_job_result_ttl: int = 3600
+    job_store_path: str | None = None  # SQLite file shared by the workers; None: a per-user temp dir
+    max_pending_jobs: int = 256  # unfinished async jobs (each holds its upload) before POST answers 503
     allowed_origins: tuple[str, ...] = ()
     reject_non_audio: bool = True  # refuse uploads that are clearly not audio before any upstream call
     spool_threshold_kb: int = 1024  # uploads larger than this are spooled to disk
