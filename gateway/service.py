@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from gateway.errors import Overloaded
+from gateway.jobs import JobRunner
 from gateway.router import ProviderSlot, Router
 from gateway.settings import GatewayConfig
 from providers import registry
@@ -27,6 +28,7 @@ class Gateway:
         # Both are read on every request and cannot change while the gateway runs: computed once.
         self._configured = frozenset(config.providers)
         self._known = provider_ids | registry.known() | self._configured
+        self.jobs = JobRunner(config.client)  # async transcription jobs; started and stopped with the gateway
 
     @property
     def known_providers(self) -> frozenset[str]:
@@ -56,8 +58,10 @@ class Gateway:
             slots[provider_id] = ProviderSlot(cfg, impl, drop_excess=self.config.client.drop_excess_requests)
         self._router = Router(slots)
         log.info("providers ready: %s", ", ".join(sorted(slots)) or "none (configure one: see README)")
+        await self.jobs.start()
 
     async def aclose(self) -> None:
+        await self.jobs.aclose()  # first: cancelling jobs ends their upstream calls before the clients close
         clients, self._clients = self._clients, []
         for client in clients:
             try:

@@ -6,16 +6,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.service import Gateway
-from handlers import jobs
 from handlers.health import HealthHandlers
+from handlers.jobs import JobHandlers
 from handlers.transcriptions import TranscriptionHandlers
 
 
 def operations(gateway: Gateway) -> dict[str, Callable[..., Awaitable[Any]]]:
     table: dict[str, Callable[..., Awaitable[Any]]] = {
-        "createAsyncTranscription": jobs.create_async_transcription,
-        "getAsyncTranscriptionJob": jobs.get_async_transcription_job,
         "getHealth": HealthHandlers(gateway).get_health,
     }
     table.update(TranscriptionHandlers(gateway).operations())
+    table.update(JobHandlers(gateway).operations())
     return table

@@ -1,17 +1,101 @@
-"""The async transcription operations: declared by the contract, answered 501 until jobs exist."""
+"""The async transcription operations: submit a job (202), poll it (202 until done, then 200; 404 once gone).
+
+The request is read exactly as the unified route reads it (``inbound.build_request`` with ``UNIFIED``) and the
+job's result is what the unified route would have answered (``outbound.result_response``): a client switching
+to the async pair gets the same TranscriptionResponse, ``extra_fields`` included, inside ``result``; a
+failure is the same BifrostError, inside ``error``, with its status in ``status_code``. Errors the form
+itself shows (no file, bad model, unconfigured provider) are still a 400 on the POST; what only the call
+can show (a model no key allows, a provider's size limit, the provider's own errors) ends in a failed job,
+as upstream does. The job state lives in ``gateway.jobs``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from connexion import context
 from starlette.responses import Response
 
-from gateway.errors import NotImplementedYet
+from gateway.canonical import TranscriptionRequest
+from gateway.errors import ClientError, NotFound
+from gateway.jobs import COMPLETED, FAILED, MAX_RESULT_TTL
+from gateway.multipart import parsed_form
+from gateway.service import Gateway
+from handlers import outbound
+from handlers.inbound import UNIFIED, build_request
+
+TTL_HEADER = "x-bf-async-job-result-ttl"
+JOBS_PATH = "/v1/async/audio/transcriptions"
 
 
-async def create_async_transcription() -> Response:
-    raise NotImplementedYet(
-        "async transcription jobs are not available in this gateway yet; use POST /v1/audio/transcriptions"
-    )
+def result_ttl(headers: Mapping[str, str], default: int) -> int:
+    """Seconds to keep the result. As upstream: absent, unreadable, zero or negative means the default.
+    Longer than ``MAX_RESULT_TTL`` is clamped; the job's ``expires_at`` shows what was granted."""
+    raw = headers.get(TTL_HEADER, "").strip()
+    try:
+        ttl = int(raw)
+    except ValueError:
+        return default
+    return min(ttl, MAX_RESULT_TTL) if ttl > 0 else default
 
 
-async def get_async_transcription_job(job_id: str) -> Response:
-    raise NotImplementedYet("async transcription jobs are not available in this gateway yet")
+class JobHandlers:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def create_async_transcription(self) -> Response:
+        scope = context.scope
+        form = parsed_form(scope)
+        if form is None:
+            raise ClientError("the request body must be multipart/form-data with a file part")
+        try:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            request, original = build_request(self.gateway, form, headers, UNIFIED)
+            if request.stream:
+                raise ClientError(
+                    "stream is not supported for async transcriptions; drop stream, or use "
+                    "POST /v1/audio/transcriptions to stream", param="stream",
+                )
+            # The job owns the upload from here: taken out of the form, whose close() must not close it.
+            audio = form.files.pop("file")
+            runner = self.gateway.jobs
+            job = await runner.submit(
+                self._work(request, original),
+                ttl=result_ttl(headers, runner.default_ttl()),
+                release=audio.close,
+            )
+        finally:
+            form.close()
+        return outbound.json_response(job.response(), 202, {"location": f"{JOBS_PATH}/{job.id}"})
+
+    def _work(self, request: TranscriptionRequest, original: str) -> Callable[[], Awaitable[bytes]]:
+        gateway = self.gateway
+
+        async def transcribe() -> bytes:
+            result, served = await gateway.router.transcribe(request)
+            response = outbound.result_response(
+                result,
+                served,
+                kind=gateway.kind_of(served.provider),
+                response_format=request.response_format,
+                granularities=request.timestamp_granularities,
+                original_model=original,
+                text_as_plain=False,  # the unified route's shape: text/srt/vtt as {"text": ...}
+            )
+            return bytes(response.body)
+
+        return transcribe
+
+    async def get_async_transcription_job(self, job_id: str) -> Response:
+        job = await self.gateway.jobs.lookup(job_id)
+        if job is None:
+            raise NotFound("async job not found or expired", param="job_id", code="job_not_found")
+        status = 200 if job.status in (COMPLETED, FAILED) else 202
+        return outbound.json_response(job.response(), status)
+
+    def operations(self) -> dict[str, Callable[..., Awaitable[Any]]]:
+        return {
+            "createAsyncTranscription": self.create_async_transcription,
+            "getAsyncTranscriptionJob": self.get_async_transcription_job,
+        }

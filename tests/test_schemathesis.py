@@ -39,13 +39,6 @@ CONFIG = schemathesis.Config.from_dict(
         # Every check schemathesis has, max_response_time too (off unless given a limit), relaxed below only
         # where docs/contract-testing.md says why.
         "checks": {"enabled": True, "max_response_time": MAX_RESPONSE_SECONDS},
-        "operations": [
-            {
-                # Declared, deliberately unimplemented: both answer 501 (overlay.yaml, "Async jobs answer 501").
-                "include-operation-id": ["createAsyncTranscription", "getAsyncTranscriptionJob"],
-                "checks": {"not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", "501"]}},
-            },
-        ],
     }
 )
 
@@ -109,6 +102,10 @@ def _make_served(case: schemathesis.Case) -> None:
             case.body["fallbacks"] = [_served(models) for _ in case.body["fallbacks"]]
     if case.path_parameters and "deployment-id" in case.path_parameters:
         case.path_parameters["deployment-id"] = pick(DEPLOYMENTS)
+    if case.operation.path == "/v1/async/audio/transcriptions" and isinstance(case.body, dict):
+        # The document's own description: "Streaming is not supported" (a 400, as upstream); its schema,
+        # shared with the unified route, cannot say so.
+        case.body.pop("stream", None)
 
 
 @schema.hook
@@ -127,11 +124,14 @@ def before_add_examples(context: Any, examples: list[schemathesis.Case]) -> None
 
 
 @pytest.fixture(scope="module")
-def gateway(_fake_openai_server: Any, _fake_azure_server: Any, _fake_groq_server: Any) -> Iterator[None]:
+def gateway(
+    _fake_openai_server: Any, _fake_azure_server: Any, _fake_groq_server: Any, tmp_path_factory: Any
+) -> Iterator[None]:
     config = config_with(
         _fake_openai_server.provider_config(),
         _fake_azure_server.provider_config(),
         _fake_groq_server.provider_config(),
+        job_store_path=str(tmp_path_factory.mktemp("jobs") / "jobs.sqlite3"),
     )
     APP.app = create_app(config)
     yield
