@@ -179,7 +179,7 @@ def string(*, env: bool = False, choices: tuple[str, ...] = (), non_empty: bool 
             raise ConfigError(path, f"must be one of {', '.join(choices)}; got {value!r}" + suggestion(value, choices))
         if non_empty and not value:
             raise ConfigError(path, "must not be empty")
-        return value
+        return str(value)
 
     return check
 

@@ -8,7 +8,6 @@
     │   ├── PayloadTooLarge            413
     │   └── UnsupportedMediaType       415
     ├── Overloaded                     503 (queue full with drop_excess_requests, no eligible key)
-    ├── NotImplementedYet              501
     └── UpstreamError                  the provider's own status, type, code, message, param
         ├── UpstreamUnavailable        502 (connection refused/reset, empty or non-JSON body)
         └── UpstreamTimeout            504
@@ -95,11 +94,6 @@ class UnsupportedMediaType(ClientError):
 class Overloaded(GatewayError):
     status = 503
     error_type = "service_unavailable"
-
-
-class NotImplementedYet(GatewayError):
-    status = 501
-    error_type = "not_implemented"
 
 
 class UpstreamError(GatewayError):
