@@ -26,8 +26,8 @@ from gateway.jobs import (
     Job,
     JobRunner,
     JobStoreFull,
-    SQLiteJobStore,
 )
+from gateway.job_store import SQLiteJobStore
 from gateway.settings import ClientConfig
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
