@@ -6,10 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from connexion import context
+
 from gateway.canonical import AudioSource, TranscriptionRequest
 from gateway.errors import ClientError
 from gateway.models import resolve_model
-from gateway.multipart import ParsedForm
+from gateway.multipart import ParsedForm, parsed_form
 from gateway.service import Gateway
 
 
@@ -25,6 +27,16 @@ class Route:
 UNIFIED = Route(default_provider=None, text_as_plain=False)
 INTEGRATION = Route(default_provider="openai", text_as_plain=True)
 AZURE = Route(default_provider="azure", text_as_plain=True, direct_key_header="api-key")
+
+
+def current_form() -> tuple[ParsedForm, dict[str, str]]:
+    """This request's validated form and its headers (lower-cased names), from Connexion's context."""
+    scope = context.scope
+    form = parsed_form(scope)
+    if form is None:
+        raise ClientError("the request body must be multipart/form-data with a file part")
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    return form, headers
 
 
 def _direct_key(headers: Mapping[str, str], route: Route) -> str | None:

@@ -14,16 +14,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from connexion import context
 from starlette.responses import Response
 
 from gateway.canonical import TranscriptionRequest
 from gateway.errors import ClientError, NotFound
 from gateway.jobs import COMPLETED, FAILED, MAX_RESULT_TTL
-from gateway.multipart import parsed_form
 from gateway.service import Gateway
 from handlers import outbound
-from handlers.inbound import UNIFIED, build_request
+from handlers.inbound import UNIFIED, build_request, current_form
 
 TTL_HEADER = "x-bf-async-job-result-ttl"
 JOBS_PATH = "/v1/async/audio/transcriptions"
@@ -45,12 +43,8 @@ class JobHandlers:
         self.gateway = gateway
 
     async def create_async_transcription(self) -> Response:
-        scope = context.scope
-        form = parsed_form(scope)
-        if form is None:
-            raise ClientError("the request body must be multipart/form-data with a file part")
+        form, headers = current_form()
         try:
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             request, original = build_request(self.gateway, form, headers, UNIFIED)
             if request.stream:
                 raise ClientError(

@@ -13,7 +13,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway import formats
-from gateway.canonical import TEXT_FORMATS, StreamDelta, StreamDone, StreamEvent, TranscriptionResult
+from gateway.canonical import TEXT_FORMATS, StreamDelta, StreamEvent, TranscriptionResult
 from gateway.errors import GatewayError, UpstreamTimeout, envelope
 from gateway.router import Served
 

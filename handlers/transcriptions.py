@@ -9,11 +9,9 @@ from typing import Any, TypeVar
 from connexion import context
 from starlette.responses import Response
 
-from gateway.errors import ClientError
-from gateway.multipart import parsed_form
 from gateway.service import Gateway
 from handlers import outbound
-from handlers.inbound import AZURE, INTEGRATION, UNIFIED, Route, build_request
+from handlers.inbound import AZURE, INTEGRATION, UNIFIED, Route, build_request, current_form
 
 T = TypeVar("T")
 
@@ -51,12 +49,8 @@ class TranscriptionHandlers:
         self.gateway = gateway
 
     async def _serve(self, route: Route, *, deployment: str | None = None) -> Response:
-        scope = context.scope
-        form = parsed_form(scope)
-        if form is None:
-            raise ClientError("the request body must be multipart/form-data with a file part")
+        form, headers = current_form()
         try:
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             request, original = build_request(self.gateway, form, headers, route, deployment=deployment)
             router = self.gateway.router
             kind = self.gateway.kind_of

@@ -30,17 +30,17 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from gateway import sniff
-from gateway.canonical import AudioSource, Segment, TranscriptionRequest, TranscriptionResult, Usage, Word
-from gateway.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
+from gateway.canonical import Segment, TranscriptionRequest, TranscriptionResult, Usage, Word
+from gateway.errors import ClientError, UpstreamError, UpstreamUnavailable
 from gateway.settings import KeyConfig, ProviderConfig
 from providers.base import Attempt, Capabilities
-from providers.http import parse_json, redact, upload_filename
+from providers.http import parse_json, redact, sized_chunks, upload_filename
 from providers.wire import fetch, key_secrets
 
 DEFAULT_BASE_URL = "https://api.deepgram.com"
@@ -120,20 +120,6 @@ def to_content_type(request: TranscriptionRequest) -> str:
         return mime
     hinted = sniff.mime(request.file_format)
     return hinted if hinted.startswith("audio/") else "audio/*"
-
-
-def raw_body(audio: AudioSource) -> AsyncIterator[bytes]:
-    """The file as is, from its start (a fresh iterator per attempt); fails if it changes size."""
-
-    async def stream() -> AsyncIterator[bytes]:
-        sent = 0
-        async for chunk in audio.chunks():
-            sent += len(chunk)
-            yield chunk
-        if sent != audio.size:
-            raise GatewayError(f"upload changed size while being sent ({sent} != {audio.size} bytes)")
-
-    return stream()
 
 
 # ------------------------------------------------------------------------------------- to canonical
@@ -275,7 +261,7 @@ class Deepgram:
         timeout = httpx.Timeout(attempt.timeout, connect=self.config.network.connect_timeout_in_seconds)
         return self.client.build_request(
             "POST", self._url(), params=tuple(to_wire_query(request, attempt.model)),
-            content=raw_body(request.audio),
+            content=sized_chunks(request.audio),
             headers=headers, timeout=timeout,
         )
 

@@ -25,7 +25,6 @@ itself is never built in memory: prefix, base64 of the file read chunk by chunk,
 
 from __future__ import annotations
 
-import base64
 import secrets as _secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -35,7 +34,6 @@ import httpx
 import orjson
 
 from gateway.canonical import (
-    AudioSource,
     Logprob,
     StreamDelta,
     StreamDone,
@@ -44,10 +42,10 @@ from gateway.canonical import (
     TranscriptionResult,
     Usage,
 )
-from gateway.errors import ClientError, GatewayError, PayloadTooLarge, UpstreamError, UpstreamUnavailable
+from gateway.errors import ClientError, PayloadTooLarge, UpstreamError, UpstreamUnavailable
 from gateway.settings import KeyConfig, ProviderConfig
 from providers.base import Attempt, Capabilities
-from providers.http import parse_json, redact, upload_filename
+from providers.http import base64_chunks, base64_length, parse_json, redact, upload_filename
 from providers.wire import VendorError, event_json, fetch, key_secrets, open_events
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -79,7 +77,6 @@ GEN_CONFIG_EXTRAS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "thinking_budget": (("thinkingConfig", "thinkingBudget"), int),
 }
 _FINISHED_OK = frozenset({"STOP", "MAX_TOKENS", "FINISH_REASON_UNSPECIFIED"})
-_B64_BLOCK = 3 * 64 * 1024  # a multiple of 3: each block encodes without padding
 
 # ------------------------------------------------------------------------------------------ to wire
 
@@ -166,32 +163,10 @@ def to_wire_body(request: TranscriptionRequest) -> tuple[bytes, bytes]:
     return prefix, suffix
 
 
-def encoded_length(size: int) -> int:
-    """Length of the base64 text for ``size`` bytes (padded)."""
-    return 4 * ((size + 2) // 3)
-
-
-async def base64_chunks(audio: AudioSource) -> AsyncIterator[bytes]:
-    """The base64 of the whole file, encoded block by block (3-byte multiples, so no inner padding)."""
-    carry = b""
-    sent = 0
-    async for chunk in audio.chunks(_B64_BLOCK):
-        sent += len(chunk)
-        data = carry + chunk if carry else chunk
-        cut = len(data) - len(data) % 3
-        carry = data[cut:]
-        if cut:
-            yield base64.b64encode(data[:cut])
-    if carry:
-        yield base64.b64encode(carry)
-    if sent != audio.size:
-        raise GatewayError(f"upload changed size while being sent ({sent} != {audio.size} bytes)")
-
-
 def wire_body(provider: str, request: TranscriptionRequest) -> tuple[int, AsyncIterator[bytes]]:
     """``(content-length, byte stream)`` of the request body; 413 when it exceeds the inline limit."""
     prefix, suffix = to_wire_body(request)
-    length = len(prefix) + encoded_length(request.audio.size) + len(suffix)
+    length = len(prefix) + base64_length(request.audio.size) + len(suffix)
     if length > INLINE_LIMIT_BYTES:
         raise PayloadTooLarge(
             f"{provider} takes audio inline up to {INLINE_LIMIT_BYTES // (1024 * 1024)} MB per request; this "

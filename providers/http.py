@@ -23,6 +23,7 @@ No message built here ever contains a key: callers pass their secrets and any ec
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import re
 import secrets as _secrets
@@ -36,7 +37,7 @@ import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
 
-from gateway.canonical import AudioSource
+from gateway.canonical import CHUNK_SIZE, AudioSource
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.settings import ProviderConfig
 
@@ -160,18 +161,49 @@ def multipart_body(
 
     async def stream() -> AsyncIterator[bytes]:
         yield preamble
-        sent = 0
-        async for chunk in audio.chunks():
-            sent += len(chunk)
-            if sent > size:
-                break
+        async for chunk in sized_chunks(audio, size=size):
             yield chunk
-        if sent != size:
-            # The declared Content-Length would be a lie; fail this attempt instead of corrupting it.
-            raise GatewayError(f"upload changed size while being sent ({sent} != {size} bytes)")
         yield tail
 
     return f"multipart/form-data; boundary={boundary}", length, stream()
+
+
+async def sized_chunks(
+    audio: AudioSource, chunk_size: int = CHUNK_SIZE, *, size: int | None = None
+) -> AsyncIterator[bytes]:
+    """The upload from its start; fails the attempt if it is not ``size`` bytes (default ``audio.size``).
+
+    Every body we send declares a Content-Length computed from the size when the body was built: a file
+    that changed since would make that a lie and corrupt the upstream request, so the attempt fails instead.
+    """
+    expected = audio.size if size is None else size
+    sent = 0
+    async for chunk in audio.chunks(chunk_size):
+        sent += len(chunk)
+        if sent > expected:
+            break
+        yield chunk
+    if sent != expected:
+        raise GatewayError(f"upload changed size while being sent ({sent} != {expected} bytes)")
+
+
+def base64_length(size: int) -> int:
+    """Length of the (padded) base64 text for ``size`` bytes."""
+    return 4 * ((size + 2) // 3)
+
+
+async def base64_chunks(audio: AudioSource, chunk_size: int = 3 * CHUNK_SIZE) -> AsyncIterator[bytes]:
+    """The base64 of the whole upload, encoded piece by piece in 3-byte multiples (no inner padding), so
+    a JSON body carrying the audio inline never holds the file, or its encoding, whole in memory."""
+    carry = b""
+    async for chunk in sized_chunks(audio, chunk_size):
+        data = carry + chunk if carry else chunk
+        cut = len(data) - len(data) % 3
+        carry = data[cut:]
+        if cut:
+            yield base64.b64encode(data[:cut])
+    if carry:
+        yield base64.b64encode(carry)
 
 
 # ------------------------------------------------------------------------------------ upload filename

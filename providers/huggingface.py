@@ -18,7 +18,6 @@ no OpenAI formats and does not stream; ``json`` and ``verbose_json`` below mean 
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +29,7 @@ from gateway.canonical import AudioSource, Segment, TranscriptionRequest, Transc
 from gateway.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
 from gateway.settings import ProviderConfig
 from providers.base import Attempt, Capabilities
-from providers.http import parse_json, redact, upload_filename
+from providers.http import base64_chunks, base64_length, parse_json, redact, sized_chunks, upload_filename
 from providers.wire import fetch, key_secrets
 from providers.openai_compat import bearer
 
@@ -118,40 +117,15 @@ def accepts_raw(base_url: str) -> bool:
     return urlsplit(base_url).path.rstrip("/").endswith("/" + RAW_ROUTE)
 
 
-async def _checked(audio: AudioSource) -> AsyncIterator[bytes]:
-    """The upload's chunks, failing the attempt if it no longer matches the declared length."""
-    sent = 0
-    async for chunk in audio.chunks():
-        sent += len(chunk)
-        if sent > audio.size:
-            break
-        yield chunk
-    if sent != audio.size:
-        raise GatewayError(f"upload changed size while being sent ({sent} != {audio.size} bytes)")
-
-
-async def _base64(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Base64 of the concatenated chunks, encoded in 3-byte-aligned pieces so no padding lands inside."""
-    carry = b""
-    async for chunk in chunks:
-        data = carry + chunk
-        cut = len(data) - len(data) % 3
-        carry = data[cut:]
-        if cut:
-            yield base64.b64encode(data[:cut])
-    if carry:
-        yield base64.b64encode(carry)
-
-
 def json_body(audio: AudioSource, parameters: Mapping[str, Any]) -> tuple[int, AsyncIterator[bytes]]:
     """``(content-length, stream)`` of ``{"inputs": "<base64>", "parameters": {...}}``."""
     head = b'{"inputs":"'
     tail = b'","parameters":' + orjson.dumps(dict(parameters)) + b"}"
-    length = len(head) + 4 * ((audio.size + 2) // 3) + len(tail)
+    length = len(head) + base64_length(audio.size) + len(tail)
 
     async def stream() -> AsyncIterator[bytes]:
         yield head
-        async for piece in _base64(_checked(audio)):
+        async for piece in base64_chunks(audio):
             yield piece
         yield tail
 
@@ -250,7 +224,7 @@ class HuggingFace:
         headers = {**bearer(attempt.key), "accept": "application/json"}  # none when key-less
         if not parameters and accepts_raw(self.base_url):
             headers["content-type"] = upload_filename(request.audio)[1]
-            length, body = request.audio.size, _checked(request.audio)
+            length, body = request.audio.size, sized_chunks(request.audio)
         else:
             headers["content-type"] = "application/json"
             length, body = json_body(request.audio, parameters)

@@ -20,10 +20,10 @@ from gateway.errors import ClientError, PayloadTooLarge, UpstreamError, Upstream
 from gateway.settings import KeyConfig, Secret
 from providers import registry
 from providers.base import Attempt, StreamingTranscriber, Transcriber
+from providers.http import base64_chunks
 from providers.gemini import (
     DEFAULT_INSTRUCTION,
     Gemini,
-    base64_chunks,
     create,
     to_generation_config,
     to_result,
