@@ -35,6 +35,7 @@ from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from connexion.validators import ParameterValidator
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import handlers
@@ -89,12 +90,18 @@ class DocsOnlySwaggerUI(SwaggerUIMiddleware):
         await super().__call__(scope, receive, send)
 
 
-def middleware_stack(contract_body: bytes) -> list[Any]:
+ROUTE_HEADERS = ("x-bifrost-provider", "x-bifrost-original-model", "x-bifrost-resolved-model",
+                 "x-bifrost-fallback-index", "location", "retry-after")
+
+
+def middleware_stack(contract_body: bytes, allowed_origins: tuple[str, ...] = ()) -> list[Any]:
     """Connexion's default middlewares, with ours inserted, minus what costs without serving us.
 
     Dropped: ``SecurityMiddleware``. The gateway enforces no authentication (the overlay gives every
     operation an anonymous ``{}`` alternative, so the middleware only ever called a pass-through) and
-    provider keys are checked upstream. Swagger UI is entered only for ``/docs``.
+    provider keys are checked upstream. Swagger UI is entered only for ``/docs``. With
+    ``client.allowed_origins``, CORS wraps everything but the outermost error guard, so error envelopes
+    carry CORS headers too and a browser can read them.
     """
     stack: list[Any] = [
         DocsOnlySwaggerUI if middleware is SwaggerUIMiddleware else middleware
@@ -103,6 +110,11 @@ def middleware_stack(contract_body: bytes) -> list[Any]:
     ]
     stack.insert(2, functools.partial(ContractEndpoint, body=contract_body))
     stack.insert(3, LowerCaseMediaType)
+    if allowed_origins:
+        stack.insert(1, functools.partial(
+            CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["GET", "POST"],
+            allow_headers=["*"], expose_headers=list(ROUTE_HEADERS),
+        ))
     return stack
 
 
@@ -275,7 +287,7 @@ def create_app(
         reject_non_audio=config.client.reject_non_audio,
     )
     swagger = SwaggerUIOptions(serve_spec=False, swagger_ui=True, swagger_ui_path=DOCS_PATH, spec_path="/openapi.json")
-    app = AsyncApp(__name__, lifespan=lifespan, middlewares=middleware_stack(orjson.dumps(contract)),
+    app = AsyncApp(__name__, lifespan=lifespan, middlewares=middleware_stack(orjson.dumps(contract), config.client.allowed_origins),
                    swagger_ui_options=swagger)
     # Operations decorate their handler once (_DecorateOnce); set before add_api creates them.
     app._middleware_app.api_cls = _DecoratedOnceApi

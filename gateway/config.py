@@ -198,8 +198,6 @@ def _provider(
         else ConcurrencyConfig(),
         allow_direct_keys=fields.get("allow_direct_keys", direct_default),
         is_key_less=key_less,
-        send_back_raw_request=fields.get("send_back_raw_request", False),
-        send_back_raw_response=fields.get("send_back_raw_response", False),
         store_raw_request_response=fields.get("store_raw_request_response", False),
         request_path_overrides=MappingProxyType(custom.get("request_path_overrides", {})),
         allowed_requests=None if allowed is None else frozenset(k for k, on in allowed.items() if on),

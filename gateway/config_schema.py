@@ -302,8 +302,9 @@ PROVIDER: Mapping[str, Field] = {
     "network_config": Field(section(NETWORK)),
     "concurrency_and_buffer_size": Field(section(CONCURRENCY)),
     "proxy_config": Field(as_object, use="unsupported"),
-    "send_back_raw_request": Field(boolean),
-    "send_back_raw_response": Field(boolean),
+    # Raw provider bodies in extra_fields are not produced here: reported when turned on, never silent.
+    "send_back_raw_request": Field(boolean, use="unsupported"),
+    "send_back_raw_response": Field(boolean, use="unsupported"),
     "store_raw_request_response": Field(boolean),
     "custom_provider_config": Field(section(CUSTOM_PROVIDER)),
     "allow_direct_keys": Field(boolean),  # our own addition; default from client.allow_direct_keys

@@ -117,8 +117,17 @@ class ProviderSlot:
     def waiting(self) -> int:
         return self._waiting
 
+    def allows(self, request_type: str) -> bool:
+        """``custom_provider_config.allowed_requests``: None allows every request type."""
+        allowed = self.config.allowed_requests
+        return allowed is None or request_type in allowed
+
     def streams(self, model: str) -> bool:
-        return isinstance(self.impl, StreamingTranscriber) and self.impl.streams(model)
+        return (
+            isinstance(self.impl, StreamingTranscriber)
+            and self.allows("transcription_stream")
+            and self.impl.streams(model)
+        )
 
     async def admit(self) -> Lease:
         """A slot for one upstream call: at once, after waiting in the buffer, or ``Overloaded`` (503)."""
@@ -290,7 +299,7 @@ class Router:
 
         async def call(slot: ProviderSlot, req: TranscriptionRequest, attempt: Attempt) -> HeldStream:
             impl = slot.impl
-            if isinstance(impl, StreamingTranscriber) and impl.streams(attempt.model):
+            if isinstance(impl, StreamingTranscriber) and slot.streams(attempt.model):
                 events = impl.stream(req, attempt)
                 try:
                     first = await events.__anext__()
@@ -335,6 +344,11 @@ class Router:
             direct = request.direct_key if provider == request.provider else None
             target = replace(request, provider=provider, model=model, direct_key=direct)
             try:
+                if not slot.allows("transcription"):
+                    raise ClientError(
+                        f"provider {provider!r} does not take transcription requests "
+                        "(custom_provider_config.allowed_requests)", code="request_type_not_allowed",
+                    )
                 caps = slot.capabilities_for(model)
                 check_size(caps, target, provider)
                 if not stream:

@@ -94,8 +94,6 @@ class ProviderConfig:
     concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
     allow_direct_keys: bool = False
     is_key_less: bool = False
-    send_back_raw_request: bool = False
-    send_back_raw_response: bool = False
     store_raw_request_response: bool = False  # accepted from upstream files; nothing stores raw bodies yet
     # custom_provider_config.request_path_overrides: request type ("transcription", ...) -> path on base_url
     request_path_overrides: Mapping[str, str] = field(default_factory=_frozen)

@@ -78,7 +78,7 @@ def check_upstream(config: GatewayConfig) -> None:
     assert openai.network.max_retries == 2
     assert dict(openai.network.extra_headers) == {"x-team": "stt"}
     assert (openai.concurrency.concurrency, openai.concurrency.buffer_size) == (10, 20)
-    assert openai.send_back_raw_response and not openai.send_back_raw_request
+    assert "providers.openai.send_back_raw_response" in config.unsupported_fields
     azure_key = config.providers["azure"].keys[0]
     assert azure_key.azure is not None
     assert azure_key.azure.endpoint == "https://eu.openai.azure.com"

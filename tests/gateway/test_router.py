@@ -511,3 +511,26 @@ async def test_segments_are_available_when_the_provider_gives_words() -> None:
         request(response_format="verbose_json", timestamp_granularities=("word", "segment"))
     )
     assert impl.seen[0].response_format == "verbose_json"
+
+
+async def test_allowed_requests_without_transcription_refuses_and_falls_back() -> None:
+    closed = ScriptedProvider()
+    cfg = ProviderConfig(id="openai", kind="openai", keys=(key("k"),), allowed_requests=frozenset({"chat"}))
+    open_ = ScriptedProvider()
+    r = Router({"openai": ProviderSlot(cfg, closed, drop_excess=False),
+                "groq": ProviderSlot(config("groq"), open_, drop_excess=False)}, rng=random.Random(1), sleep=Sleeps())
+    with pytest.raises(ClientError, match="allowed_requests"):
+        await r.transcribe(request())
+    _, served = await r.transcribe(request(fallbacks=("groq/whisper-large-v3",)))
+    assert served.provider == "groq" and closed.calls == []
+
+
+async def test_allowed_requests_without_transcription_stream_streams_through_the_gateway() -> None:
+    impl = ScriptedProvider()
+    cfg = ProviderConfig(id="openai", kind="openai", keys=(key("k"),),
+                         allowed_requests=frozenset({"transcription"}))
+    r = Router({"openai": ProviderSlot(cfg, impl, drop_excess=False)}, rng=random.Random(1), sleep=Sleeps())
+    events, _ = await r.stream(request(stream=True))
+    got = [e async for e in events]
+    assert isinstance(got[-1], StreamDone) and got[-1].text == "hello"
+    assert not hasattr(impl, "stream_closed")  # the native stream was never opened

@@ -366,3 +366,32 @@ def test_readme_fallback_example_through_the_sdk(client: openai.OpenAI, fake_ope
     assert raw.parse().startswith("1\n00:00:00,000 --> ")
     assert fake_openai.last.field("model") == "whisper-1"
     assert fake_groq.last.field("model") == "whisper-large-v3"
+
+
+# ------------------------------------------------------------------------------ CORS
+
+
+def test_cors_for_configured_origins_only(run_gateway: Any, fake_openai: Any) -> None:
+    url = run_gateway(config_with(fake_openai.provider_config(), allowed_origins=("https://app.example",)))
+    with httpx.Client(base_url=url) as c:
+        pre = c.options("/v1/audio/transcriptions", headers={
+            "origin": "https://app.example", "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization"})
+        assert pre.status_code == 200
+        assert pre.headers["access-control-allow-origin"] == "https://app.example"
+        ok = c.post("/v1/audio/transcriptions", data={"model": "openai/whisper-1"}, files={"file": audio_file()},
+                    headers={"origin": "https://app.example"})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://app.example"
+        assert "x-bifrost-provider" in ok.headers["access-control-expose-headers"]
+        err = c.post("/v1/audio/transcriptions", data={"model": "whisper-1"}, files={"file": audio_file()},
+                     headers={"origin": "https://app.example"})
+        assert err.status_code == 400 and err.headers["access-control-allow-origin"] == "https://app.example"
+        other = c.post("/v1/audio/transcriptions", data={"model": "openai/whisper-1"}, files={"file": audio_file()},
+                       headers={"origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_no_cors_headers_without_configured_origins(http: httpx.Client, fake_openai: Any) -> None:
+    r = http.post("/v1/audio/transcriptions", data={"model": "openai/whisper-1"}, files={"file": audio_file()},
+                  headers={"origin": "https://app.example"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
