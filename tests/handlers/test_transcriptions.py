@@ -6,6 +6,8 @@ Each test asserts what the client got and what reached the upstream.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -296,18 +298,26 @@ def test_upstream_connection_refused_is_502(run_gateway: Any, refused_url: str) 
     assert "openai" in body["error"]["message"]
 
 
-def test_no_key_leaks_in_any_error(run_gateway: Any, fake_openai: Any) -> None:
+def test_no_key_leaks_in_any_error_or_log(
+    run_gateway: Any, fake_openai: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rejected key, an upstream echoing it, retries, streams and fallbacks: the value never shows."""
     secret = "sk-super-secret-value-123456"
     fake_openai.keys = {"sk-another"}
-    cfg = fake_openai.provider_config()
-    from dataclasses import replace
-
+    cfg = fake_openai.provider_config(max_retries=1, retry_backoff_initial=1, retry_backoff_max=2)
     cfg = replace(cfg, keys=(KeyConfig(name="prod", value=Secret(secret)),))
+    caplog.set_level(logging.DEBUG)
     url = run_gateway(config_with(cfg))
     with httpx.Client(base_url=url) as c:
-        r = c.post("/v1/audio/transcriptions", data={"model": "openai/whisper-1"}, files={"file": audio_file()})
-    assert r.status_code == 401
-    assert secret not in r.text and secret[-6:] not in r.text
+        r = c.post("/v1/audio/transcriptions", data={"model": "openai/whisper-1", "fallbacks": "groq/x"},
+                   files={"file": audio_file()})
+        s = c.post("/v1/audio/transcriptions", data={"model": "openai/gpt-4o-transcribe", "stream": "true"},
+                   files={"file": audio_file()})
+    assert r.status_code == 401 and s.status_code == 401
+    assert "(key 'prod')" in r.json()["error"]["message"]
+    assert "openai/whisper-1" in caplog.text  # the gateway's own log lines were captured
+    for text in (r.text, s.text, caplog.text, repr(cfg)):
+        assert secret not in text and secret[-6:] not in text
 
 
 # ------------------------------------------------------------------------------ contract endpoints
