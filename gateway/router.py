@@ -40,6 +40,7 @@ from gateway.errors import (
     Overloaded,
     PayloadTooLarge,
     UpstreamError,
+    UpstreamUnavailable,
 )
 from gateway.settings import KeyConfig, ProviderConfig, Secret
 from providers.base import Attempt, Capabilities, ModelAware, StreamingTranscriber, Transcriber
@@ -222,6 +223,34 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return _MASKED_KEY.sub(_MASK, text)
 
 
+# What a provider's conversion code raises when an answer is not the shape it documents (a null where a
+# number belongs, a string for a list): the upstream's fault, so a 502 that is retried and falls back.
+UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, IndexError)
+
+
+def _unreadable(exc: BaseException, provider: str) -> UpstreamUnavailable:
+    log.error("%s sent an answer the gateway could not read", provider, exc_info=exc)
+    return UpstreamUnavailable(
+        f"{provider} sent an answer the gateway could not read ({type(exc).__name__})", provider=provider
+    )
+
+
+async def _unreadable_is_upstream(work: Awaitable[T], provider: str) -> T:
+    try:
+        return await work
+    except GatewayError:
+        raise
+    except UNREADABLE as exc:
+        raise _unreadable(exc, provider) from exc
+
+
+def _clean(err: GatewayError, secrets: tuple[str, ...], provider: str | None) -> None:
+    """Scrub ``err``'s message in place; name the provider (its kind) when the error does not."""
+    err.message = scrub(err.message, secrets)
+    err.args = (err.message,)
+    err.provider = err.provider or provider
+
+
 def plan_format(caps: Capabilities, request: TranscriptionRequest, provider: str = "") -> TranscriptionRequest:
     """Ask the provider for what it can give; the gateway renders the rest (gateway.formats).
 
@@ -314,7 +343,9 @@ class Router:
             return HeldStream(_aiter(formats.synthesize_stream(result)))
 
         events, served, lease = await self._route(request, call, stream=True)
-        events.hold(lease)
+        slot = self.slots[served.provider]
+        direct = request.direct_key if served.provider == request.provider else None
+        events.hold(lease, secrets=slot.secrets([direct]), provider=slot.config.kind)
         return events, served
 
     # -- policy -----------------------------------------------------------------------------------
@@ -401,7 +432,7 @@ class Router:
                 raise self._note(exc, slot, request, key, secrets, attempts) from None
             started = time.perf_counter()
             try:
-                value = await call(slot, request, attempt)
+                value = await _unreadable_is_upstream(call(slot, request, attempt), cfg.id)
             except GatewayError as exc:
                 lease.release()  # never hold a slot through the backoff sleep
                 self._note(exc, slot, request, key, secrets, attempts)
@@ -483,9 +514,14 @@ class HeldStream:
         self._first: Any = self._EMPTY if first is None else first
         self._lease: Lease | None = None
         self._closed = False
+        self._secrets: tuple[str, ...] = ()
+        self._provider: str | None = None
 
-    def hold(self, lease: Lease) -> None:
+    def hold(self, lease: Lease, *, secrets: tuple[str, ...] = (), provider: str | None = None) -> None:
+        """Own ``lease`` until the stream ends; scrub ``secrets`` from any error raised mid-stream."""
         self._lease = lease
+        self._secrets = secrets
+        self._provider = provider
         if self._closed:
             lease.release()
 
@@ -500,6 +536,14 @@ class HeldStream:
             raise StopAsyncIteration
         try:
             return await self._events.__anext__()
+        except GatewayError as err:
+            # A vendor's mid-stream error may echo the key: it leaves scrubbed, like every other error.
+            _clean(err, self._secrets, self._provider)
+            await self.aclose()
+            raise
+        except UNREADABLE as exc:
+            await self.aclose()
+            raise _unreadable(exc, self._provider or "the provider") from exc
         except BaseException:
             await self.aclose()
             raise

@@ -145,7 +145,7 @@ def to_segments(results: Mapping[str, Any], alternative: Mapping[str, Any]) -> t
     if utterances:
         return tuple(
             Segment(id=i, start=float(u.get("start", 0.0)), end=float(u.get("end", 0.0)),
-                    text=str(u.get("transcript", "")), speaker=_speaker(u.get("speaker")))
+                    text=str(u.get("transcript") or ""), speaker=_speaker(u.get("speaker")))
             for i, u in enumerate(utterances) if isinstance(u, Mapping)
         )
     paragraphs = (alternative.get("paragraphs") or {}).get("paragraphs") or ()
@@ -155,7 +155,7 @@ def to_segments(results: Mapping[str, Any], alternative: Mapping[str, Any]) -> t
     ]
     return tuple(
         Segment(id=i, start=float(s.get("start", 0.0)), end=float(s.get("end", 0.0)),
-                text=str(s.get("text", "")), speaker=_speaker(speaker))
+                text=str(s.get("text") or ""), speaker=_speaker(speaker))
         for i, (s, speaker) in enumerate(spans)
     )
 
@@ -180,7 +180,7 @@ def to_result(provider: str, body: Any, language: str | None = None) -> Transcri
     duration = metadata.get("duration")
     detected = first_channel.get("detected_language") or next(iter(first.get("languages") or ()), None)
     return TranscriptionResult(
-        text="\n".join(str(alt.get("transcript", "")) for _, alt in alternatives),
+        text="\n".join(str(alt.get("transcript") or "") for _, alt in alternatives),
         language=str(detected or language or DEFAULT_LANGUAGE),
         duration=None if duration is None else float(duration),
         segments=to_segments(results, first),

@@ -129,7 +129,7 @@ def to_words(items: Sequence[Any], channel: int | None = None) -> tuple[Word, ..
         if speaker is None and channel is not None:
             speaker = f"channel_{item.get('channel_index', channel)}"
         words.append(Word(
-            word=str(item.get("text", "")),
+            word=str(item.get("text") or ""),
             start=float(start) if start is not None else 0.0,
             end=float(end) if end is not None else float(start or 0.0),
             speaker=speaker,
@@ -140,7 +140,7 @@ def to_words(items: Sequence[Any], channel: int | None = None) -> tuple[Word, ..
 def to_logprobs(items: Sequence[Any]) -> tuple[Logprob, ...]:
     """Word and spacing items with a ``logprob``, in order (their texts concatenate to the transcript)."""
     return tuple(
-        Logprob(token=str(i.get("text", "")), logprob=float(i["logprob"]), bytes=tuple(str(i.get("text", "")).encode()))
+        Logprob(token=str(i.get("text") or ""), logprob=float(i["logprob"]), bytes=tuple(str(i.get("text") or "").encode()))
         for i in items
         if isinstance(i, Mapping) and i.get("type") in ("word", "spacing") and isinstance(i.get("logprob"), (int, float))
     )

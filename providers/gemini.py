@@ -215,8 +215,8 @@ def to_logprobs(candidate: Mapping[str, Any]) -> tuple[Logprob, ...]:
     """``logprobsResult.chosenCandidates`` (present when responseLogprobs was set)."""
     chosen = (candidate.get("logprobsResult") or {}).get("chosenCandidates") or ()
     return tuple(
-        Logprob(token=str(c.get("token", "")), logprob=float(c.get("logProbability", 0.0)),
-                bytes=tuple(str(c.get("token", "")).encode()))
+        Logprob(token=str(c.get("token") or ""), logprob=float(c.get("logProbability", 0.0)),
+                bytes=tuple(str(c.get("token") or "").encode()))
         for c in chosen if isinstance(c, Mapping)
     )
 
@@ -241,7 +241,7 @@ def to_text(provider: str, candidate: Mapping[str, Any] | None) -> str:
     if candidate is None:
         return ""
     parts = (candidate.get("content") or {}).get("parts") or ()
-    text = "".join(str(p.get("text", "")) for p in parts if isinstance(p, Mapping) and not p.get("thought"))
+    text = "".join(str(p.get("text") or "") for p in parts if isinstance(p, Mapping) and not p.get("thought"))
     reason = candidate.get("finishReason")
     if not text and reason and reason not in _FINISHED_OK:
         raise UpstreamError(

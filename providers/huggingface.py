@@ -153,9 +153,9 @@ def to_result(body: Any, timestamps: bool | str | None) -> TranscriptionResult:
     words: tuple[Word, ...] = ()
     segments: tuple[Segment, ...] = ()
     if timestamps == "word":
-        words = tuple(Word(str(c.get("text", "")).strip(), *_span(c)) for c in chunks)
+        words = tuple(Word(str(c.get("text") or "").strip(), *_span(c)) for c in chunks)
     elif chunks:
-        segments = tuple(Segment(i, *_span(c), text=str(c.get("text", ""))) for i, c in enumerate(chunks))
+        segments = tuple(Segment(i, *_span(c), text=str(c.get("text") or "")) for i, c in enumerate(chunks))
     return TranscriptionResult(
         text=body["text"],
         segments=segments,

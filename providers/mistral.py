@@ -137,14 +137,14 @@ def to_usage(data: Any) -> Usage | None:
 def to_timings(chunks: Any, *, words: bool) -> tuple[tuple[Segment, ...], tuple[Word, ...]]:
     """``segments`` chunks as canonical segments, or as words when words were asked and each chunk is one."""
     items = [c for c in chunks or () if isinstance(c, Mapping)]
-    if words and items and all(len(str(c.get("text", "")).split()) == 1 for c in items):
+    if words and items and all(len(str(c.get("text") or "").split()) == 1 for c in items):
         return (), tuple(
             Word(word=str(c["text"]).strip(), start=float(c.get("start", 0.0)), end=float(c.get("end", 0.0)),
                  speaker=c.get("speaker_id"))
             for c in items
         )
     return tuple(
-        Segment(id=i, start=float(c.get("start", 0.0)), end=float(c.get("end", 0.0)), text=str(c.get("text", "")),
+        Segment(id=i, start=float(c.get("start", 0.0)), end=float(c.get("end", 0.0)), text=str(c.get("text") or ""),
                 speaker=c.get("speaker_id"))
         for i, c in enumerate(items)
     ), ()
@@ -181,9 +181,9 @@ def to_event(kind: str | None, data: Mapping[str, Any]) -> StreamEvent | None:
         )
     kind = str(data.get("type") or kind or "")
     if kind == "transcription.text.delta":
-        return StreamDelta(delta=str(data.get("text", "")))
+        return StreamDelta(delta=str(data.get("text") or ""))
     if kind == "transcription.done":
-        return StreamDone(text=str(data.get("text", "")), usage=to_usage(data.get("usage")))
+        return StreamDone(text=str(data.get("text") or ""), usage=to_usage(data.get("usage")))
     return None
 
 

@@ -122,7 +122,7 @@ def to_usage(data: Mapping[str, Any] | None) -> Usage | None:
 
 def to_logprobs(items: Any) -> tuple[Logprob, ...]:
     return tuple(
-        Logprob(token=str(i.get("token", "")), logprob=float(i.get("logprob", 0.0)), bytes=tuple(i.get("bytes") or ()))
+        Logprob(token=str(i.get("token") or ""), logprob=float(i.get("logprob", 0.0)), bytes=tuple(i.get("bytes") or ()))
         for i in items or ()
     )
 
@@ -132,7 +132,7 @@ def to_segment(i: int, data: Mapping[str, Any]) -> Segment:
         id=int(data.get("id", i)),
         start=float(data.get("start", 0.0)),
         end=float(data.get("end", 0.0)),
-        text=str(data.get("text", "")),
+        text=str(data.get("text") or ""),
         seek=int(data.get("seek", 0)),
         tokens=tuple(int(t) for t in data.get("tokens") or ()),
         temperature=_opt_float(data.get("temperature")),
@@ -145,7 +145,7 @@ def to_segment(i: int, data: Mapping[str, Any]) -> Segment:
 
 def to_word(data: Mapping[str, Any]) -> Word:
     return Word(
-        word=str(data.get("word", "")),
+        word=str(data.get("word") or ""),
         start=float(data.get("start", 0.0)),
         end=float(data.get("end", 0.0)),
         speaker=data.get("speaker"),
@@ -187,10 +187,10 @@ def to_event(provider: str, data: Mapping[str, Any]) -> StreamEvent | None:
         )
     kind = data.get("type")
     if kind == "transcript.text.delta":
-        return StreamDelta(delta=str(data.get("delta", "")), logprobs=to_logprobs(data.get("logprobs")))
+        return StreamDelta(delta=str(data.get("delta") or ""), logprobs=to_logprobs(data.get("logprobs")))
     if kind == "transcript.text.done":
         return StreamDone(
-            text=str(data.get("text", "")), usage=to_usage(data.get("usage")), logprobs=to_logprobs(data.get("logprobs"))
+            text=str(data.get("text") or ""), usage=to_usage(data.get("usage")), logprobs=to_logprobs(data.get("logprobs"))
         )
     return None
 

@@ -421,11 +421,24 @@ async def test_stream_errors_before_the_first_event_retry_and_fall_back() -> Non
 
 
 async def test_a_bug_in_a_provider_is_not_swallowed_and_frees_the_slot() -> None:
-    impl = ScriptedProvider([KeyError("oops")])
+    impl = ScriptedProvider([RuntimeError("oops")])
     r = router((config(concurrency=1), impl))
-    with pytest.raises(KeyError):
+    with pytest.raises(RuntimeError):
         await r.transcribe(request())
     assert not r.slots["openai"]._slots.locked()
+
+
+@pytest.mark.parametrize("exc", [KeyError("start"), ValueError("could not convert"), TypeError("None")])
+async def test_an_answer_the_provider_cannot_read_is_a_502_that_falls_back(exc: Exception) -> None:
+    broken, good = ScriptedProvider([exc]), ScriptedProvider()
+    r = router((config("openai", concurrency=1), broken), (config("groq"), good))
+    with pytest.raises(UpstreamUnavailable) as info:
+        await r.transcribe(request())
+    assert info.value.status == 502 and "could not read" in info.value.message
+    assert not r.slots["openai"]._slots.locked()
+    broken.script.append(exc)
+    _, served = await r.transcribe(request(fallbacks=("groq/whisper-large-v3",)))
+    assert served.provider == "groq"
 
 
 # ------------------------------------------------------------------------------------------ capabilities
@@ -534,3 +547,21 @@ async def test_allowed_requests_without_transcription_stream_streams_through_the
     got = [e async for e in events]
     assert isinstance(got[-1], StreamDone) and got[-1].text == "hello"
     assert not hasattr(impl, "stream_closed")  # the native stream was never opened
+
+
+async def test_a_mid_stream_error_leaves_scrubbed_and_names_the_provider_kind() -> None:
+    k = key("prod")
+    secret = k.value.reveal()
+
+    class EchoingStream(ScriptedProvider):
+        async def stream(self, request: TranscriptionRequest, attempt: Attempt) -> AsyncIterator[StreamEvent]:
+            yield StreamDelta("hel")
+            raise UpstreamError(f"Incorrect API key provided: {secret}; also sk-SECR****3456", status=401)
+
+    r = router((config(keys=[k]), EchoingStream()))
+    events, _ = await r.stream(request(stream=True))
+    with pytest.raises(UpstreamError) as info:
+        async for _ in events:
+            pass
+    assert secret not in info.value.message and "3456" not in info.value.message
+    assert info.value.provider == "openai"

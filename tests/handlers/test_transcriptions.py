@@ -405,3 +405,22 @@ def test_no_cors_headers_without_configured_origins(http: httpx.Client, fake_ope
     r = http.post("/v1/audio/transcriptions", data={"model": "openai/whisper-1"}, files={"file": audio_file()},
                   headers={"origin": "https://app.example"})
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+@pytest.mark.parametrize("segment", [
+    {"id": None, "seek": None, "start": 0, "end": 1, "text": "x"},
+    {"id": 0, "start": "a", "end": 1, "text": "x"},
+])
+def test_an_answer_that_breaks_its_shape_is_502_and_falls_back(
+    http: httpx.Client, fake_openai: Any, fake_groq: Any, segment: dict[str, Any]
+) -> None:
+    from tests.fakes.server import Reply
+
+    broken = {"text": "x", "language": "english", "duration": 1.0, "segments": [segment]}
+    fake_openai.enqueue(Reply(200, broken), Reply(200, broken))
+    data = {"model": "openai/whisper-1", "response_format": "verbose_json"}
+    alone = http.post("/v1/audio/transcriptions", data=data, files={"file": audio_file()})
+    assert alone.status_code == 502 and "could not read" in alone.json()["error"]["message"]
+    saved = http.post("/v1/audio/transcriptions", data={**data, "fallbacks": "groq/whisper-large-v3"},
+                      files={"file": audio_file()})
+    assert saved.status_code == 200 and saved.headers["x-bifrost-fallback-index"] == "1"
