@@ -31,6 +31,7 @@ from gateway.config_schema import (
     ConfigError,
     Context,
     as_object,
+    header_value,
     read_section,
     suggestion,
 )
@@ -255,6 +256,15 @@ def env_prefix(kind: str) -> str:
     return kind.upper().replace("-", "_")
 
 
+def env_hint(kind: str) -> str:
+    """The environment variables that configure ``kind`` without a file, for error messages."""
+    if kind == "azure":
+        return f"{AZURE_ENV[0]} and {AZURE_ENV[1]}"
+    if kind == "vllm":
+        return "VLLM_BASE_URL"
+    return f"{env_prefix(kind)}_API_KEY"
+
+
 def from_environment(env: Mapping[str, str], known_kinds: frozenset[str]) -> GatewayConfig:
     """Zero-config: one provider per known kind whose ``<KIND>_API_KEY`` is set (Azure: AZURE_OPENAI_*)."""
     providers: dict[str, ProviderConfig] = {}
@@ -270,7 +280,8 @@ def _generic_from_env(kind: str, env: Mapping[str, str]) -> ProviderConfig | Non
     base_url = env.get(url_var) or None
     network = NetworkConfig(base_url=base_url)
     if env.get(key_var):
-        return ProviderConfig(id=kind, kind=kind, keys=(KeyConfig(name=key_var, value=Secret(env[key_var])),),
+        value = Secret(header_value(env[key_var], key_var))
+        return ProviderConfig(id=kind, kind=kind, keys=(KeyConfig(name=key_var, value=value),),
                               network=network)
     if base_url and kind in KEYLESS_KINDS:
         return ProviderConfig(id=kind, kind=kind, network=network, is_key_less=True)
@@ -286,7 +297,7 @@ def _azure_from_env(env: Mapping[str, str]) -> ProviderConfig | None:
     azure = AzureKeyConfig(endpoint=env[endpoint_var])
     if env.get(version_var):
         azure = AzureKeyConfig(endpoint=env[endpoint_var], api_version=env[version_var])
-    key = KeyConfig(name=key_var, value=Secret(env[key_var]), azure=azure)
+    key = KeyConfig(name=key_var, value=Secret(header_value(env[key_var], key_var)), azure=azure)
     return ProviderConfig(id="azure", kind="azure", keys=(key,))
 
 

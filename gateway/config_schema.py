@@ -16,6 +16,7 @@ What a ``Field.use`` means:
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -169,12 +170,41 @@ def resolve_env(value: str, path: str, ctx: Context) -> str:
     return ctx.env[var]
 
 
-def string(*, env: bool = False, choices: tuple[str, ...] = (), non_empty: bool = False) -> Check:
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def header_value(value: str, path: str) -> str:
+    """A value bound for an HTTP header (a key, an extra header): surrounding whitespace dropped (a key
+    read from a secret file often ends in a newline), any other control character refused here rather
+    than failing every request later."""
+    value = value.strip()
+    if _CONTROL.search(value):
+        raise ConfigError(path, "must not contain control characters (line breaks, tabs): it goes into an HTTP header")
+    return value
+
+
+def header_map(value: Any, path: str, ctx: Context) -> dict[str, str]:
+    """``extra_headers``: valid header names, header-safe values."""
+    obj = as_object(value, path, ctx)
+    out: dict[str, str] = {}
+    for name, item in obj.items():
+        if not _TOKEN.fullmatch(name):
+            raise ConfigError(join(path, name), "is not a valid HTTP header name")
+        out[name] = header_value(string()(item, join(path, name), ctx), join(path, name))
+    return out
+
+
+def string(
+    *, env: bool = False, choices: tuple[str, ...] = (), non_empty: bool = False, header: bool = False
+) -> Check:
     def check(value: Any, path: str, ctx: Context) -> str:
         if not isinstance(value, str):
             raise _wrong_type(path, "string", value)
         if env:
             value = resolve_env(value, path, ctx)
+        if header:
+            value = header_value(value, path)
         if choices and value not in choices:
             raise ConfigError(path, f"must be one of {', '.join(choices)}; got {value!r}" + suggestion(value, choices))
         if non_empty and not value:
@@ -257,7 +287,7 @@ VLLM_KEY: Mapping[str, Field] = {
 
 KEY: Mapping[str, Field] = {
     "name": Field(string(non_empty=True), required=True),
-    "value": Field(string(env=True)),
+    "value": Field(string(env=True, header=True)),
     "weight": Field(positive_number),
     "models": Field(strings),
     "aliases": Field(map_of(alias_target)),
@@ -269,7 +299,7 @@ KEY: Mapping[str, Field] = {
 
 NETWORK: Mapping[str, Field] = {
     "base_url": Field(string(env=True, non_empty=True)),
-    "extra_headers": Field(map_of(string())),
+    "extra_headers": Field(header_map),
     "default_request_timeout_in_seconds": Field(positive_number),
     "connect_timeout_in_seconds": Field(positive_number),  # our own addition
     "max_retries": Field(integer(minimum=0)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from gateway.config import env_hint
 from gateway.errors import ClientError
 
 
@@ -42,7 +43,7 @@ def resolve_model(
         provider = default_provider
     if provider not in configured:
         raise ClientError(
-            f"provider {provider!r} is not configured: set {provider.upper()}_API_KEY in the environment "
+            f"provider {provider!r} is not configured: set {env_hint(provider)} in the environment "
             f"or add providers.{provider} to the config file (see docs/configuration.md)",
             param=param,
             code="provider_not_configured",

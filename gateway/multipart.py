@@ -323,7 +323,11 @@ class _FormReader:
                 return
             raise ClientError(f"{part.name} is empty", param=part.name)
         if len(spool.head) < HEAD_BYTES:
-            self._check_audio(part.name, spool.head)
+            try:
+                self._check_audio(part.name, spool.head)
+            except ClientError:
+                spool.discard()  # no longer reachable through self._part: abort() would miss it
+                raise
         fmt = sniff.sniff(spool.head)
         self.form.files[part.name] = spool.finish(part.filename or "", part.content_type, fmt)
 

@@ -283,10 +283,15 @@ class OpenAICompatible:
 # ----------------------------------------------------------------------------------------- vendors
 
 
-def _join(base: str | None, path: str, provider: str) -> str:
+def join_url(base: str | None, path: str, provider: str) -> str:
+    """``base`` + ``path``; a base in the OpenAI SDK's style (``https://api.openai.com/v1``, what many users
+    already export as OPENAI_BASE_URL) does not double the ``/v1``."""
     if not base:
         raise GatewayError(f"{provider}: no base URL configured (network_config.base_url)", provider=provider)
-    return base.rstrip("/") + path
+    root = base.rstrip("/")
+    if path.startswith("/v1/") and root.endswith("/v1"):
+        root = root[: -len("/v1")]
+    return root + path
 
 
 # OpenAI's gpt-4o(-mini)-transcribe answer json or text only, with no timings; they stream.
@@ -297,7 +302,7 @@ GPT4O_TRANSCRIBE = Capabilities(
 
 OPENAI = Vendor(
     default_base_url="https://api.openai.com",
-    url_for=lambda base, attempt: _join(base, "/v1/audio/transcriptions", "openai"),
+    url_for=lambda base, attempt: join_url(base, "/v1/audio/transcriptions", "openai"),
     auth_headers=bearer,
     capabilities=Capabilities(
         native_formats=ALL_FORMATS, native_stream=True, word_timestamps=True, segment_timestamps=True, max_file_mb=25
@@ -308,7 +313,7 @@ OPENAI = Vendor(
 
 GROQ = Vendor(
     default_base_url="https://api.groq.com/openai",
-    url_for=lambda base, attempt: _join(base, "/v1/audio/transcriptions", "groq"),
+    url_for=lambda base, attempt: join_url(base, "/v1/audio/transcriptions", "groq"),
     auth_headers=bearer,
     capabilities=Capabilities(
         native_formats=frozenset({"json", "text", "verbose_json"}),
@@ -340,7 +345,7 @@ def _azure_url(base: str | None, attempt: Attempt) -> str:
             param="model",
         )
     path = f"/openai/deployments/{deployment}/audio/transcriptions"
-    return str(httpx.URL(_join(endpoint, path, "azure"), params={"api-version": version}))
+    return str(httpx.URL(join_url(endpoint, path, "azure"), params={"api-version": version}))
 
 
 def _azure_auth(key: KeyConfig | None) -> dict[str, str]:

@@ -24,19 +24,13 @@ from gateway.canonical import TranscriptionRequest, TranscriptionResult
 from gateway.errors import GatewayError
 from gateway.settings import ProviderConfig
 from providers.base import Attempt, Capabilities
-from providers.openai_compat import ALL_FORMATS, OpenAICompatible, Vendor, bearer
+from providers.openai_compat import ALL_FORMATS, OpenAICompatible, Vendor, bearer, join_url
 
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 FIREWORKS_HOSTS = {
     "whisper-v3-turbo": "https://audio-turbo.api.fireworks.ai",
 }
 FIREWORKS_DEFAULT_HOST = "https://audio-prod.api.fireworks.ai"  # whisper-v3 and anything else
-
-
-def _server_root(url: str) -> str:
-    """``http://h:8000/v1/`` -> ``http://h:8000``: users often paste the OpenAI-SDK style base URL."""
-    root = url.rstrip("/")
-    return root[: -len("/v1")] if root.endswith("/v1") else root
 
 
 def vllm_url(base: str | None, attempt: Attempt) -> str:
@@ -47,13 +41,13 @@ def vllm_url(base: str | None, attempt: Attempt) -> str:
             "vllm: no server URL configured (network_config.base_url or a key's vllm_key_config.url)",
             provider="vllm",
         )
-    return _server_root(url) + TRANSCRIPTIONS_PATH
+    return join_url(url, TRANSCRIPTIONS_PATH, "vllm")
 
 
 def fireworks_url(base: str | None, attempt: Attempt) -> str:
     """A configured base URL serves every model; otherwise the public host that serves ``attempt.model``."""
     host = base or FIREWORKS_HOSTS.get(attempt.model, FIREWORKS_DEFAULT_HOST)
-    return _server_root(host) + TRANSCRIPTIONS_PATH
+    return join_url(host, TRANSCRIPTIONS_PATH, "fireworks")
 
 
 VLLM = Vendor(

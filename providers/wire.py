@@ -28,6 +28,7 @@ VendorError = Callable[[int, Any, Mapping[str, str]], UpstreamError | None]
 RewriteError = Callable[[int, bytes], bytes | None]
 
 IDLE_SETTING = "stream_idle_timeout_in_seconds"
+REQUEST_SETTING = "default_request_timeout_in_seconds"
 
 
 def key_secrets(attempt: Attempt) -> tuple[str, ...]:
@@ -121,7 +122,11 @@ async def open_events(
 ) -> AsyncGenerator[tuple[str | None, str], None]:
     """The upstream's server-sent events; the connection is closed when the iterator ends or is closed."""
     secrets = key_secrets(attempt)
-    with map_transport_errors(provider, timeout=attempt.timeout, secrets=secrets):
+    # A stream request's reads are bounded by the idle timeout, the wait for its headers included: when
+    # that is the shorter bound, it is the one to name in a timeout error.
+    idle_first = idle_timeout < attempt.timeout
+    wait, setting = (idle_timeout, IDLE_SETTING) if idle_first else (attempt.timeout, REQUEST_SETTING)
+    with map_transport_errors(provider, timeout=wait, setting=setting, secrets=secrets):
         async with asyncio.timeout(attempt.timeout):
             response = await client.send(request, stream=True)
     try:

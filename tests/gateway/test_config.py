@@ -380,3 +380,19 @@ def test_documented_examples_load() -> None:
     assert configs[0].providers["local-whisper"].kind == "openai"
     assert configs[0].providers["azure"].keys[0].upstream_model("whisper-1") == "my-whisper-deployment"
     assert configs[0].ignored_sections == ("config_store",)
+
+
+def test_a_key_with_a_trailing_newline_is_trimmed_and_inner_control_characters_refused() -> None:
+    cfg = load_config(None, {"OPENAI_API_KEY": "sk-from-a-file\n"})
+    assert cfg.providers["openai"].keys[0].value.reveal() == "sk-from-a-file"
+    doc = {"providers": {"openai": {"keys": [{"name": "k", "value": "sk bad\nkey", "weight": 1}]}}}
+    with pytest.raises(ConfigError, match=r"providers\.openai\.keys\[0\]\.value: must not contain control"):
+        from_document(doc, {}, KINDS)
+
+
+@pytest.mark.parametrize("headers,where", [({"X-A": "x\r\ny"}, "X-A"), ({"Bad Name": "v"}, "Bad Name")])
+def test_extra_headers_must_be_valid_http(headers: dict[str, str], where: str) -> None:
+    doc = {"providers": {"openai": {"keys": [{"name": "k", "value": "v", "weight": 1}],
+                                    "network_config": {"extra_headers": headers}}}}
+    with pytest.raises(ConfigError, match=where):
+        from_document(doc, {}, KINDS)

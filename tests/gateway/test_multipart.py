@@ -523,3 +523,12 @@ def test_parsed_form_close_is_once_and_runs_on_collection(tmp_path: Any) -> None
     ParsedForm(files={"file": spooled()})  # dropped without close()
     gc.collect()
     assert open_fds() == before
+
+
+async def test_a_short_non_audio_file_spooled_to_disk_is_closed_when_refused() -> None:
+    app = make_app(spool_threshold_bytes=0)
+    before = open_fds()
+    for _ in range(3):
+        r = await post(app, data={"model": "whisper-1"}, files={"file": ("a.txt", b"hello text", "text/plain")})
+        assert r.status_code == 400
+    assert open_fds() == before

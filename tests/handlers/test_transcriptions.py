@@ -424,3 +424,12 @@ def test_an_answer_that_breaks_its_shape_is_502_and_falls_back(
     saved = http.post("/v1/audio/transcriptions", data={**data, "fallbacks": "groq/whisper-large-v3"},
                       files={"file": audio_file()})
     assert saved.status_code == 200 and saved.headers["x-bifrost-fallback-index"] == "1"
+
+
+def test_unconfigured_azure_names_its_real_variables(run_gateway: Any, fake_openai: Any) -> None:
+    url = run_gateway(config_with(fake_openai.provider_config()))
+    with httpx.Client(base_url=url) as c:
+        r = c.post("/openai/openai/deployments/whisper/audio/transcriptions?api-version=2024-10-21",
+                   data={"model": "whisper-1"}, files={"file": audio_file()})
+    assert r.status_code == 400
+    assert "AZURE_OPENAI_API_KEY and AZURE_OPENAI_ENDPOINT" in r.json()["error"]["message"]

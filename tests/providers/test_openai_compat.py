@@ -342,3 +342,10 @@ def test_registry() -> None:
         registry.load("nonesuch")
     caps = registry.build(ProviderConfig(id="o", kind="openai"), httpx.AsyncClient()).capabilities  # type: ignore[attr-defined]
     assert caps.native_stream and "srt" in caps.native_formats and caps.max_file_mb == 25
+
+
+@pytest.mark.parametrize("base", ["http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/"])
+def test_a_base_url_in_the_sdks_style_does_not_double_v1(base: str) -> None:
+    from providers.openai_compat import join_url
+
+    assert join_url(base, "/v1/audio/transcriptions", "openai") == "http://h:1/v1/audio/transcriptions"
