@@ -36,6 +36,7 @@ from connexion.resolver import Resolver
 from connexion.validators import ParameterValidator
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response as StarletteResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import handlers
@@ -90,6 +91,19 @@ class DocsOnlySwaggerUI(SwaggerUIMiddleware):
         await super().__call__(scope, receive, send)
 
 
+class BifrostCORS(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in the Bifrost envelope like every other error."""
+
+    def preflight_response(self, request_headers: Any) -> StarletteResponse:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        err = ClientError(bytes(response.body).decode("utf-8", "replace"), code="cors_refused")
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        return StarletteResponse(orjson.dumps(envelope(err)), status_code=response.status_code,
+                                 media_type="application/json", headers=headers)
+
+
 ROUTE_HEADERS = ("x-bifrost-provider", "x-bifrost-original-model", "x-bifrost-resolved-model",
                  "x-bifrost-fallback-index", "location", "retry-after")
 
@@ -112,7 +126,7 @@ def middleware_stack(contract_body: bytes, allowed_origins: tuple[str, ...] = ()
     stack.insert(3, LowerCaseMediaType)
     if allowed_origins:
         stack.insert(1, functools.partial(
-            CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["GET", "POST"],
+            BifrostCORS, allow_origins=list(allowed_origins), allow_methods=["GET", "POST"],
             allow_headers=["*"], expose_headers=list(ROUTE_HEADERS),
         ))
     return stack

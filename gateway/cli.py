@@ -122,6 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     config = apply_overrides(load_config(path, os.environ), overrides)
+    preflight(config)
     server = config.server
     logging.basicConfig(level=server.log_level.upper() if server.log_level != "trace" else 5,
                         format="%(levelname)s:     %(message)s")
@@ -166,8 +167,30 @@ def _log_reports(config: GatewayConfig) -> None:
 def _check_config(args: argparse.Namespace) -> int:
     path = _config_path(args)
     config = load_config(path, os.environ)
+    preflight(config)
     print("\n".join(summary(config, path)))
     return 0
+
+
+def preflight(config: GatewayConfig) -> None:
+    """What would otherwise fail inside a worker with a traceback, checked first as a ConfigError:
+    the served contract (``server.spec_dir``) must load, and a configured job store must open."""
+    from pathlib import Path
+    import sqlite3
+
+    from gateway import spec
+
+    spec_dir = config.server.spec_dir
+    try:
+        spec.to_connexion(spec.load_contract(Path(spec_dir)) if spec_dir else spec.load_contract())
+    except (OSError, spec.ContractError, ValueError) as exc:
+        raise ConfigError("server.spec_dir", f"the OpenAPI document there cannot be served: {exc}") from None
+    store = config.client.job_store_path
+    if store:
+        try:
+            sqlite3.connect(store).close()
+        except sqlite3.Error as exc:
+            raise ConfigError("client.job_store_path", f"cannot open {store}: {exc}") from None
 
 
 def _capabilities(_args: argparse.Namespace) -> int:

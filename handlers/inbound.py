@@ -91,7 +91,9 @@ def build_request(
         fb_provider, fb_model = resolve_model(
             str(raw), known=known, configured=known, default_provider=route.default_provider, param="fallbacks"
         )
-        fallbacks.append(f"{fb_provider}/{fb_model}")
+        target = f"{fb_provider}/{fb_model}"
+        if target not in fallbacks and target != f"{provider}/{name}":  # the same target twice adds nothing
+            fallbacks.append(target)
     temperature = fields.get("temperature")
     granularities = fields.get("timestamp_granularities") or []
     request = TranscriptionRequest(

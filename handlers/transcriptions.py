@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -14,6 +15,7 @@ from handlers import outbound
 from handlers.inbound import AZURE, INTEGRATION, UNIFIED, Route, build_request, current_form
 
 T = TypeVar("T")
+log = logging.getLogger("bifrost_stt.handlers")
 
 
 class ClientGone(Exception):
@@ -75,6 +77,7 @@ class TranscriptionHandlers:
                 text_as_plain=route.text_as_plain,
             )
         except ClientGone:
+            log.info("client went away before the answer; the upstream call was cancelled")
             return Response(status_code=499)
         finally:
             # A native stream has sent the whole upload before its first event; the gateway's own

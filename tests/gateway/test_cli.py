@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from gateway.spec import OPENAPI_DIR
+
 from gateway import cli
 from gateway.config import config_from_environ
 
@@ -133,7 +135,8 @@ def test_serve_hands_config_and_overrides_to_workers(tmp_path: Path, monkeypatch
         monkeypatch.setenv(var, "")  # empty = unset for the gateway; monkeypatch restores what serve writes
     monkeypatch.setenv("MY_OPENAI_KEY", SECRET)
     path = write(tmp_path, UPSTREAM)
-    status = cli.main(["serve", "--config", path, "--port", "9123", "--workers", "2", "--spec-dir", "/tmp/spec"])
+    spec_dir = str(OPENAPI_DIR)  # a real document: serve refuses a spec dir it cannot serve
+    status = cli.main(["serve", "--config", path, "--port", "9123", "--workers", "2", "--spec-dir", spec_dir])
     assert status == 0
     (args, kwargs), = calls
     assert args == ("gateway.app:app_factory",)
@@ -141,8 +144,21 @@ def test_serve_hands_config_and_overrides_to_workers(tmp_path: Path, monkeypatch
     assert (kwargs["host"], kwargs["port"], kwargs["workers"], kwargs["log_level"]) == ("127.0.0.1", 9123, 2, "info")
     assert kwargs["timeout_graceful_shutdown"] > 30
     assert os.environ["BIFROST_STT_CONFIG"] == path
-    assert json.loads(os.environ["BIFROST_STT_OVERRIDES"]) == {"port": 9123, "workers": 2, "spec_dir": "/tmp/spec"}
+    assert json.loads(os.environ["BIFROST_STT_OVERRIDES"]) == {"port": 9123, "workers": 2, "spec_dir": spec_dir}
     worker = config_from_environ(os.environ)  # what app_factory sees in each worker
-    assert worker.server.port == 9123 and worker.server.spec_dir == "/tmp/spec"
+    assert worker.server.port == 9123 and worker.server.spec_dir == spec_dir
     assert sorted(worker.providers) == ["groq", "openai"]
     assert SECRET not in os.environ["BIFROST_STT_OVERRIDES"]
+
+
+def test_start_up_mistakes_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    bad_store = tmp_path / "c.json"
+    bad_store.write_text(json.dumps({"providers": {"openai": {"keys": [{"name": "k", "value": "v", "weight": 1}]}},
+                                     "client": {"job_store_path": "/proc/nope/jobs.sqlite3"}}))
+    assert main(["check-config", "--config", str(bad_store)]) == 2
+    assert "client.job_store_path: cannot open" in capsys.readouterr().err
+    assert main(["serve", "--config", str(bad_store), "--spec-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "server.spec_dir" in err and "Traceback" not in err

@@ -399,6 +399,9 @@ def test_cors_for_configured_origins_only(run_gateway: Any, fake_openai: Any) ->
         other = c.post("/v1/audio/transcriptions", data={"model": "openai/whisper-1"}, files={"file": audio_file()},
                        headers={"origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+        refused = c.options("/v1/audio/transcriptions", headers={
+            "origin": "https://evil.example", "access-control-request-method": "POST"})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "cors_refused"
 
 
 def test_no_cors_headers_without_configured_origins(http: httpx.Client, fake_openai: Any) -> None:
@@ -433,3 +436,16 @@ def test_unconfigured_azure_names_its_real_variables(run_gateway: Any, fake_open
                    data={"model": "whisper-1"}, files={"file": audio_file()})
     assert r.status_code == 400
     assert "AZURE_OPENAI_API_KEY and AZURE_OPENAI_ENDPOINT" in r.json()["error"]["message"]
+
+
+def test_fallbacks_are_capped_and_repeats_folded(http: httpx.Client, fake_openai: Any, fake_groq: Any) -> None:
+    r = http.post("/v1/audio/transcriptions", files={"file": audio_file()},
+                  data={"model": "openai/whisper-1", "fallbacks": ["openai/whisper-1"] * 17})
+    body = _assert_envelope(r, 400)
+    assert "fallbacks" in json.dumps(body)
+    fake_openai.keys = {"sk-nobody"}  # the primary fails: count the calls
+    r = http.post("/v1/audio/transcriptions", files={"file": audio_file()}, data={
+        "model": "openai/whisper-1",
+        "fallbacks": ["openai/whisper-1", "groq/whisper-large-v3", "groq/whisper-large-v3"]})
+    assert r.status_code == 200 and r.headers["x-bifrost-fallback-index"] == "1"
+    assert len(fake_openai.requests) == 1 and len(fake_groq.requests) == 1
