@@ -146,7 +146,11 @@ def _logprob_dict(lp: Logprob) -> dict[str, Any]:
 
 
 def _json_body(result: TranscriptionResult) -> dict[str, Any]:
-    body: dict[str, Any] = {"text": result.text}
+    return _with_logprobs_and_usage({"text": result.text}, result)
+
+
+def _with_logprobs_and_usage(body: dict[str, Any], result: TranscriptionResult) -> dict[str, Any]:
+    """The tail json and verbose_json share: logprobs and usage, each only when present."""
     if result.logprobs:
         body["logprobs"] = [_logprob_dict(lp) for lp in result.logprobs]
     usage = usage_dict(result.usage)
@@ -199,12 +203,7 @@ def _verbose_json_body(result: TranscriptionResult, granularities: Sequence[str]
             body["segments"] = [_segment_dict(s) for s in segments]
     if "word" in granularities and result.words:
         body["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in result.words]
-    if result.logprobs:
-        body["logprobs"] = [_logprob_dict(lp) for lp in result.logprobs]
-    usage = usage_dict(result.usage)
-    if usage is not None:
-        body["usage"] = usage
-    return body
+    return _with_logprobs_and_usage(body, result)
 
 
 # --- display width and wrapping -------------------------------------------------------------------
