@@ -30,6 +30,7 @@ from connexion.exceptions import NonConformingResponse, ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import ConnexionMiddleware
 from connexion.middleware.security import SecurityMiddleware
+from connexion.middleware.server_error import ServerErrorMiddleware
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
@@ -122,6 +123,9 @@ def middleware_stack(contract_body: bytes, allowed_origins: tuple[str, ...] = ()
         for middleware in ConnexionMiddleware.default_middlewares
         if middleware is not SecurityMiddleware
     ]
+    # The outermost guard: Connexion's default handler there is an async wrapper Starlette calls without
+    # awaiting, so an exception escaping every other layer got no answer of ours. Ours renders the envelope.
+    stack[0] = functools.partial(ServerErrorMiddleware, handler=render_error)
     stack.insert(2, functools.partial(ContractEndpoint, body=contract_body))
     stack.insert(3, LowerCaseMediaType)
     if allowed_origins:

@@ -33,3 +33,20 @@ def test_an_operation_without_handler_stops_the_start_naming_it() -> None:
 def test_known_provider_ids_come_from_the_contract() -> None:
     ids = spec.provider_ids(spec.load_contract())
     assert {"openai", "azure", "groq", "mistral", "deepgram"} <= ids
+
+
+async def test_an_exception_escaping_every_layer_is_still_a_bifrost_500() -> None:
+    import httpx
+
+    from gateway.app import middleware_stack
+
+    async def broken(scope: object, receive: object, send: object) -> None:
+        raise RuntimeError("a bug outside the exception layer")
+
+    guard = middleware_stack(b"{}")[0](broken)
+    transport = httpx.ASGITransport(app=guard, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        r = await client.get("/anything")
+    assert r.status_code == 500
+    body = r.json()
+    assert body["is_bifrost_error"] is True and "bug outside" not in r.text
