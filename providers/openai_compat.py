@@ -127,6 +127,12 @@ def to_logprobs(items: Any) -> tuple[Logprob, ...]:
     )
 
 
+def _speaker(data: Mapping[str, Any]) -> str | None:
+    """OpenAI's diarized models say ``speaker``; Fireworks says ``speaker_id``."""
+    value = data.get("speaker", data.get("speaker_id"))
+    return None if value is None else str(value)
+
+
 def to_segment(i: int, data: Mapping[str, Any]) -> Segment:
     return Segment(
         id=int(data.get("id", i)),
@@ -139,7 +145,7 @@ def to_segment(i: int, data: Mapping[str, Any]) -> Segment:
         avg_logprob=_opt_float(data.get("avg_logprob")),
         compression_ratio=_opt_float(data.get("compression_ratio")),
         no_speech_prob=_opt_float(data.get("no_speech_prob")),
-        speaker=data.get("speaker"),
+        speaker=_speaker(data),
     )
 
 
@@ -148,7 +154,7 @@ def to_word(data: Mapping[str, Any]) -> Word:
         word=str(data.get("word") or ""),
         start=float(data.get("start", 0.0)),
         end=float(data.get("end", 0.0)),
-        speaker=data.get("speaker"),
+        speaker=_speaker(data),
     )
 
 

@@ -74,9 +74,7 @@ FIREWORKS = Vendor(
         native_stream=False,
         word_timestamps=True,
         segment_timestamps=True,
-        # `diarize=true` passes through and Fireworks labels words with `speaker_id`, but the shared
-        # to_word/to_segment read only `speaker`: not claimed until they read `speaker_id` too.
-        diarization=False,
+        diarization=True,  # `diarize=true` passes through; words and segments carry `speaker_id`
         max_file_mb=1024,
     ),
 )

@@ -349,3 +349,10 @@ def test_a_base_url_in_the_sdks_style_does_not_double_v1(base: str) -> None:
     from providers.openai_compat import join_url
 
     assert join_url(base, "/v1/audio/transcriptions", "openai") == "http://h:1/v1/audio/transcriptions"
+
+
+def test_speaker_labels_are_read_in_either_spelling() -> None:
+    result = to_result({"text": "a b", "words": [{"word": "a", "start": 0, "end": 1, "speaker_id": 2},
+                                                 {"word": "b", "start": 1, "end": 2, "speaker": "B"}]},
+                       "verbose_json")
+    assert [w.speaker for w in result.words] == ["2", "B"]
