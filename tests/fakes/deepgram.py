@@ -17,8 +17,8 @@ import re
 import uuid
 from typing import Any
 
-from gateway.settings import KeyConfig, NetworkConfig, ProviderConfig, Secret
-from tests.fakes.server import FakeServer, Recorded, Reply
+from tests.fakes.server import Recorded, Reply
+from tests.fakes.vendor import VendorFake
 
 DEEPGRAM_KEY = "dg-test-key-0b8f3e61a9c2d7"
 SHARED_KEY = "sk-test-key"
@@ -35,10 +35,12 @@ def _true(value: str | None) -> bool:
     return (value or "").lower() == "true"
 
 
-class FakeDeepgram(FakeServer):
+class FakeDeepgram(VendorFake):
     """Deepgram's /v1/listen. Settings are plain attributes, restored by ``reset()``."""
 
     vendor = "deepgram"
+    own_key = DEEPGRAM_KEY
+    key_name = "DEEPGRAM_API_KEY"
     path = "/v1/listen"
 
     def __init__(self) -> None:
@@ -55,18 +57,8 @@ class FakeDeepgram(FakeServer):
         super().reset()
         self._defaults()
 
-    def key(self, name: str = "DEEPGRAM_API_KEY", **kw: Any) -> KeyConfig:
-        return KeyConfig(name=name, value=Secret(DEEPGRAM_KEY), **kw)
 
-    def provider_config(self, id: str | None = None, *, timeout: float = 5.0, **network: Any) -> ProviderConfig:
-        return ProviderConfig(
-            id=id or self.vendor, kind=self.vendor, keys=(self.key(),),
-            network=NetworkConfig(base_url=self.url, default_request_timeout_in_seconds=timeout, **network),
-        )
 
-    @property
-    def base_url(self) -> str:
-        return self.url
 
     # ------------------------------------------------------------------------------ answering
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.settings import KeyConfig, NetworkConfig, ProviderConfig, Secret
-from tests.fakes.server import FakeServer, Recorded, Reply
+from tests.fakes.server import Recorded, Reply
+from tests.fakes.vendor import VendorFake
 
 ELEVENLABS_KEY = "sk_elevenlabs_test_8b1d6f0e23c9"
 TRANSCRIPT = "The quick brown fox jumps over the lazy dog."
@@ -34,8 +34,12 @@ def detail_error(status: int, code: str, message: str) -> Reply:
     return Reply(status=status, body={"detail": {"status": code, "message": message}})
 
 
-class FakeElevenLabs(FakeServer):
+class FakeElevenLabs(VendorFake):
     """ElevenLabs' /v1/speech-to-text. Settings are plain attributes, restored by ``reset()``."""
+
+    vendor = "elevenlabs"
+    own_key = ELEVENLABS_KEY
+    key_name = "ELEVENLABS_API_KEY"
 
     path = "/v1/speech-to-text"
 
@@ -52,14 +56,7 @@ class FakeElevenLabs(FakeServer):
         super().reset()
         self._defaults()
 
-    def key(self, name: str = "ELEVENLABS_API_KEY") -> KeyConfig:
-        return KeyConfig(name=name, value=Secret(ELEVENLABS_KEY))
 
-    def provider_config(self, id: str = "elevenlabs", *, timeout: float = 5.0, **network: Any) -> ProviderConfig:
-        return ProviderConfig(
-            id=id, kind="elevenlabs", keys=(self.key(),),
-            network=NetworkConfig(base_url=self.url, default_request_timeout_in_seconds=timeout, **network),
-        )
 
     # ------------------------------------------------------------------------------ answering
 

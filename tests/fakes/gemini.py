@@ -18,8 +18,8 @@ import json
 import re
 from typing import Any
 
-from gateway.settings import KeyConfig, NetworkConfig, ProviderConfig, Secret
-from tests.fakes.server import FakeServer, Recorded, Reply
+from tests.fakes.server import Recorded, Reply
+from tests.fakes.vendor import VendorFake
 
 GEMINI_KEY = "AIzaSy-test-gemini-5c1e9b27d4"
 SHARED_KEY = "sk-test-key"  # tests.support.provider()'s default key
@@ -57,10 +57,12 @@ def instruction(request: Recorded) -> str:
     return str(next(p["text"] for p in request.json()["contents"][0]["parts"] if "text" in p))
 
 
-class FakeGemini(FakeServer):
+class FakeGemini(VendorFake):
     """The Gemini API's content generation. Settings are plain attributes, restored by ``reset()``."""
 
     vendor = "gemini"
+    own_key = GEMINI_KEY
+    key_name = "GEMINI_API_KEY"
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,18 +79,8 @@ class FakeGemini(FakeServer):
         super().reset()
         self._defaults()
 
-    def key(self, name: str = "GEMINI_API_KEY", **kw: Any) -> KeyConfig:
-        return KeyConfig(name=name, value=Secret(GEMINI_KEY), **kw)
 
-    def provider_config(self, id: str | None = None, *, timeout: float = 5.0, **network: Any) -> ProviderConfig:
-        return ProviderConfig(
-            id=id or self.vendor, kind=self.vendor, keys=(self.key(),),
-            network=NetworkConfig(base_url=self.url, default_request_timeout_in_seconds=timeout, **network),
-        )
 
-    @property
-    def base_url(self) -> str:
-        return self.url
 
     # ------------------------------------------------------------------------------ answering
 

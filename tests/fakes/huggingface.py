@@ -17,9 +17,9 @@ import json
 import re
 from typing import Any
 
-from gateway.settings import KeyConfig, NetworkConfig, ProviderConfig, Secret
 from tests.fakes.openai import SHARED_KEY, TRANSCRIPT, WORD_SECONDS
-from tests.fakes.server import FakeServer, Recorded, Reply
+from tests.fakes.server import Recorded, Reply
+from tests.fakes.vendor import VendorFake
 
 HF_TOKEN = "hf_testtoken_5c8e21a94f0d"
 AUDIO_MAGIC = (b"RIFF", b"ID3", b"fLaC", b"OggS", b"\xff\xfb", b"\xff\xf3", b"\x1aE\xdf\xa3")
@@ -33,7 +33,10 @@ def decoded_audio(request: Recorded) -> bytes:
     return request.body
 
 
-class FakeHuggingFace(FakeServer):
+class FakeHuggingFace(VendorFake):
+    vendor = "huggingface"
+    own_key = HF_TOKEN
+    key_name = "hf-main"
     _route = re.compile(r"^/([^/]+)/models/(.+)$")
 
     def __init__(self) -> None:
@@ -50,18 +53,11 @@ class FakeHuggingFace(FakeServer):
         super().reset()
         self._defaults()
 
-    def key(self, name: str = "hf-main", **kw: Any) -> KeyConfig:
-        return KeyConfig(name=name, value=Secret(HF_TOKEN), **kw)
 
     @property
     def base_url(self) -> str:
         return self.url + "/hf-inference"
 
-    def provider_config(self, id: str = "huggingface", *, base_url: str | None = None, timeout: float = 5.0) -> ProviderConfig:
-        return ProviderConfig(
-            id=id, kind="huggingface", keys=(self.key(),),
-            network=NetworkConfig(base_url=base_url or self.base_url, default_request_timeout_in_seconds=timeout),
-        )
 
     # ------------------------------------------------------------------------------ answering
 

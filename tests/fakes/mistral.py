@@ -19,8 +19,8 @@ import json
 import math
 from typing import Any
 
-from gateway.settings import KeyConfig, NetworkConfig, ProviderConfig, Secret
-from tests.fakes.server import FakeServer, Recorded, Reply
+from tests.fakes.server import Recorded, Reply
+from tests.fakes.vendor import VendorFake
 
 MISTRAL_KEY = "mistral-test-key-5c8e1f27a9d4"
 TRANSCRIPT = "The quick brown fox jumps over the lazy dog."
@@ -44,8 +44,12 @@ def sse_body(frames: list[dict[str, Any]]) -> Reply:
     return Reply(body=text, content_type="text/event-stream")
 
 
-class FakeMistral(FakeServer):
+class FakeMistral(VendorFake):
     """Mistral's /v1/audio/transcriptions. Settings are plain attributes, restored by ``reset()``."""
+
+    vendor = "mistral"
+    own_key = MISTRAL_KEY
+    key_name = "MISTRAL_API_KEY"
 
     path = "/v1/audio/transcriptions"
 
@@ -63,14 +67,7 @@ class FakeMistral(FakeServer):
         super().reset()
         self._defaults()
 
-    def key(self, name: str = "MISTRAL_API_KEY") -> KeyConfig:
-        return KeyConfig(name=name, value=Secret(MISTRAL_KEY))
 
-    def provider_config(self, id: str = "mistral", *, timeout: float = 5.0, **network: Any) -> ProviderConfig:
-        return ProviderConfig(
-            id=id, kind="mistral", keys=(self.key(),),
-            network=NetworkConfig(base_url=self.url, default_request_timeout_in_seconds=timeout, **network),
-        )
 
     # ------------------------------------------------------------------------------ answering
 
