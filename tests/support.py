@@ -5,11 +5,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import uvicorn
@@ -24,6 +24,11 @@ from gateway.settings import (
     ProviderConfig,
     Secret,
 )
+from providers import registry
+from providers.http import make_client
+
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -107,6 +112,19 @@ def run_gateway() -> Iterator[Callable[..., str]]:
     yield start
     for ctx in reversed(stack):
         ctx.__exit__(None, None, None)
+
+
+@asynccontextmanager
+async def built(config: ProviderConfig, expected: type[T]) -> AsyncIterator[T]:
+    """The provider the registry builds for ``config`` (checked to be ``expected``), on its own pooled
+    client, closed when the block ends."""
+    client = make_client(config)
+    try:
+        impl = registry.build(config, client)
+        assert isinstance(impl, expected), type(impl)
+        yield impl
+    finally:
+        await client.aclose()
 
 
 def headers_of(mapping: Mapping[str, str]) -> dict[str, str]:

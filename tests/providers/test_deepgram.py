@@ -19,11 +19,10 @@ from gateway.settings import KeyConfig, Secret
 from providers import registry
 from providers.base import Attempt, StreamingTranscriber, Transcriber
 from providers.deepgram import Deepgram, create, to_content_type, to_key_terms, to_result, to_upstream_error, to_wire_query
-from providers.http import make_client
 from tests.audio import wav_bytes
 from tests.fakes.deepgram import DEEPGRAM_KEY, TRANSCRIPT, FakeDeepgram, dg_error
 from tests.fakes.server import Reply
-from tests.support import config_with
+from tests.support import built, config_with
 
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(4000)
 MODEL = "nova-3"
@@ -40,11 +39,8 @@ def attempt(*, key: KeyConfig | None = None, timeout: float = 5, model: str = MO
 
 @pytest.fixture
 async def deepgram(fake_deepgram: FakeDeepgram) -> AsyncIterator[Deepgram]:
-    cfg = fake_deepgram.provider_config()
-    impl = registry.build(cfg, make_client(cfg))
-    assert isinstance(impl, Deepgram)
-    yield impl
-    await impl.client.aclose()
+    async with built(fake_deepgram.provider_config(), Deepgram) as impl:
+        yield impl
 
 
 # ------------------------------------------------------------------------------------------- to wire

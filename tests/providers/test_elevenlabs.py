@@ -28,11 +28,10 @@ from providers.elevenlabs import (
     to_result,
     to_wire_fields,
 )
-from providers.http import make_client
 from tests.audio import wav_bytes
 from tests.fakes.elevenlabs import ELEVENLABS_KEY, TRANSCRIPT, FakeElevenLabs
 from tests.fakes.server import Reply
-from tests.support import config_with
+from tests.support import built, config_with
 
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(4000)
 MODEL = "scribe_v1"
@@ -50,11 +49,8 @@ def attempt(fake: FakeElevenLabs, *, key: KeyConfig | None = None, model: str = 
 
 @pytest.fixture
 async def eleven(fake_elevenlabs: FakeElevenLabs) -> AsyncIterator[ElevenLabs]:
-    cfg = fake_elevenlabs.provider_config()
-    impl = registry.build(cfg, make_client(cfg))
-    assert isinstance(impl, ElevenLabs)
-    yield impl
-    await impl.client.aclose()
+    async with built(fake_elevenlabs.provider_config(), ElevenLabs) as impl:
+        yield impl
 
 
 # ------------------------------------------------------------------------------------------ to wire

@@ -15,13 +15,12 @@ from gateway.errors import UpstreamError, envelope
 from gateway.settings import KeyConfig, NetworkConfig, ProviderConfig, Secret
 from providers import registry
 from providers.base import Attempt, StreamingTranscriber
-from providers.http import make_client
 from providers.openai_compat import OpenAICompatible
 from providers.openai_family import FIREWORKS, fireworks_url
 from tests.audio import wav_bytes
 from tests.fakes.openai import TRANSCRIPT
 from tests.fakes.vllm import FIREWORKS_KEY, FakeFireworks
-from tests.support import config_with, serve
+from tests.support import built, config_with, serve
 
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(2000)
 
@@ -44,11 +43,8 @@ def attempt(model: str = "whisper-v3", secret: str = FIREWORKS_KEY) -> Attempt:
 
 @pytest.fixture
 async def fireworks(fake_fireworks: FakeFireworks) -> AsyncIterator[OpenAICompatible]:
-    cfg = config(fake_fireworks)
-    impl = registry.build(cfg, make_client(cfg))
-    assert isinstance(impl, OpenAICompatible)
-    yield impl
-    await impl.client.aclose()
+    async with built(config(fake_fireworks), OpenAICompatible) as impl:
+        yield impl
 
 
 def test_public_hosts_per_model_and_configured_base_wins() -> None:

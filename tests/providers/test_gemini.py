@@ -31,11 +31,10 @@ from providers.gemini import (
     to_usage,
     wire_body,
 )
-from providers.http import make_client
 from tests.audio import wav_bytes
 from tests.fakes.gemini import GEMINI_KEY, TRANSCRIPT, FakeGemini, google_error, inline_audio, instruction
 from tests.fakes.server import Reply
-from tests.support import config_with
+from tests.support import built, config_with
 
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(4001)
 MODEL = "gemini-2.5-flash"
@@ -52,11 +51,8 @@ def attempt(*, key: KeyConfig | None = None, timeout: float = 5, model: str = MO
 
 @pytest.fixture
 async def gemini(fake_gemini: FakeGemini) -> AsyncIterator[Gemini]:
-    cfg = fake_gemini.provider_config()
-    impl = registry.build(cfg, make_client(cfg))
-    assert isinstance(impl, Gemini)
-    yield impl
-    await impl.client.aclose()
+    async with built(fake_gemini.provider_config(), Gemini) as impl:
+        yield impl
 
 
 async def collect(impl: Gemini, req: TranscriptionRequest, att: Attempt) -> list[StreamEvent]:

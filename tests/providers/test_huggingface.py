@@ -24,7 +24,7 @@ from tests.audio import wav_bytes
 from tests.fakes.huggingface import HF_TOKEN, FakeHuggingFace, decoded_audio
 from tests.fakes.openai import TRANSCRIPT
 from tests.fakes.server import Reply
-from tests.support import config_with, serve
+from tests.support import built, config_with, serve
 
 MODEL = "openai/whisper-large-v3"
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(4000)
@@ -41,11 +41,8 @@ def attempt(fake: FakeHuggingFace, *, key: KeyConfig | None = None, model: str =
 
 @pytest.fixture
 async def hf(fake_huggingface: FakeHuggingFace) -> AsyncIterator[HuggingFace]:
-    cfg = fake_huggingface.provider_config()
-    impl = registry.build(cfg, make_client(cfg))
-    assert isinstance(impl, HuggingFace)
-    yield impl
-    await impl.client.aclose()
+    async with built(fake_huggingface.provider_config(), HuggingFace) as impl:
+        yield impl
 
 
 # ------------------------------------------------------------------------------------------ conversions
