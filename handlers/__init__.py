@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.service import Gateway
-from handlers.health import HealthHandlers
-from handlers.jobs import JobHandlers
-from handlers.transcriptions import TranscriptionHandlers
+from bifrost_stt.gateway.compose import Gateway
+from bifrost_stt.handlers.health import HealthHandlers
+from bifrost_stt.handlers.jobs import JobHandlers
+from bifrost_stt.handlers.transcriptions import TranscriptionHandlers
 
 
 def operations(gateway: Gateway) -> dict[str, Callable[..., Awaitable[Any]]]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from gateway.service import Gateway
-from handlers.outbound import json_response
+from bifrost_stt.gateway.compose import Gateway
+from bifrost_stt.handlers.outbound import json_response
 
 
 class HealthHandlers:

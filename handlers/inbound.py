@@ -8,11 +8,11 @@ from typing import Any
 
 from connexion import context
 
-from gateway.canonical import AudioSource, TranscriptionRequest
-from gateway.errors import ClientError
-from gateway.models import resolve_model
-from gateway.multipart import ParsedForm, parsed_form
-from gateway.service import Gateway
+from bifrost_stt.kernel.canonical import AudioSource, TranscriptionRequest
+from bifrost_stt.kernel.errors import ClientError
+from bifrost_stt.gateway.routing.models import resolve_model
+from bifrost_stt.gateway.contract.multipart import ParsedForm, parsed_form
+from bifrost_stt.gateway.compose import Gateway
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ to the async pair gets the same TranscriptionResponse, ``extra_fields`` included
 failure is the same BifrostError, inside ``error``, with its status in ``status_code``. Errors the form
 itself shows (no file, bad model, unconfigured provider) are still a 400 on the POST; what only the call
 can show (a model no key allows, a provider's size limit, the provider's own errors) ends in a failed job,
-as upstream does. The job state lives in ``gateway.jobs``.
+as upstream does. The job state lives in ``bifrost_stt.gateway.jobs.runner``.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 
 from starlette.responses import Response
 
-from gateway.canonical import TranscriptionRequest
-from gateway.errors import ClientError, NotFound
-from gateway.jobs import COMPLETED, FAILED, MAX_RESULT_TTL
-from gateway.service import Gateway
-from handlers import outbound
-from handlers.inbound import UNIFIED, build_request, current_form
+from bifrost_stt.kernel.canonical import TranscriptionRequest
+from bifrost_stt.kernel.errors import ClientError, NotFound
+from bifrost_stt.gateway.jobs.runner import COMPLETED, FAILED, MAX_RESULT_TTL
+from bifrost_stt.gateway.compose import Gateway
+from bifrost_stt.handlers import outbound
+from bifrost_stt.handlers.inbound import UNIFIED, build_request, current_form
 
 TTL_HEADER = "x-bf-async-job-result-ttl"
 JOBS_PATH = "/v1/async/audio/transcriptions"

@@ -12,10 +12,10 @@ import orjson
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway import formats
-from gateway.canonical import TEXT_FORMATS, StreamDelta, StreamEvent, TranscriptionResult
-from gateway.errors import GatewayError, UpstreamTimeout, envelope
-from gateway.router import Served
+from bifrost_stt.gateway.render import formats
+from bifrost_stt.kernel.canonical import TEXT_FORMATS, StreamDelta, StreamEvent, TranscriptionResult
+from bifrost_stt.kernel.errors import GatewayError, UpstreamTimeout, envelope
+from bifrost_stt.gateway.routing.router import Served
 
 log = logging.getLogger("bifrost_stt.handlers")
 

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 from connexion import context
 from starlette.responses import Response
 
-from gateway.service import Gateway
-from handlers import outbound
-from handlers.inbound import AZURE, INTEGRATION, UNIFIED, Route, build_request, current_form
+from bifrost_stt.gateway.compose import Gateway
+from bifrost_stt.handlers import outbound
+from bifrost_stt.handlers.inbound import AZURE, INTEGRATION, UNIFIED, Route, build_request, current_form
 
 T = TypeVar("T")
 log = logging.getLogger("bifrost_stt.handlers")

@@ -35,13 +35,13 @@ from typing import Any
 
 import httpx
 
-from gateway import sniff
-from gateway.canonical import Segment, TranscriptionRequest, TranscriptionResult, Usage, Word
-from gateway.errors import ClientError, UpstreamError, UpstreamUnavailable
-from gateway.settings import KeyConfig, ProviderConfig
-from providers.base import Attempt, Capabilities
-from providers.http import parse_json, redact, sized_chunks, upload_filename
-from providers.wire import fetch, key_secrets
+from bifrost_stt.kernel import sniff
+from bifrost_stt.kernel.canonical import Segment, TranscriptionRequest, TranscriptionResult, Usage, Word
+from bifrost_stt.kernel.errors import ClientError, UpstreamError, UpstreamUnavailable
+from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities
+from bifrost_stt.providers.http import parse_json, redact, sized_chunks, upload_filename
+from bifrost_stt.providers.wire import fetch, key_secrets
 
 DEFAULT_BASE_URL = "https://api.deepgram.com"
 PATH = "/v1/listen"

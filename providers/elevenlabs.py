@@ -6,7 +6,7 @@
 
 Decisions, and why:
 - Formats. One JSON answer with word timings, no segments: ``json``, ``text`` and ``verbose_json`` are mapped
-  from it (``native_formats``); srt/vtt and verbose_json's segments are built by ``gateway.formats`` from the
+  from it (``native_formats``); srt/vtt and verbose_json's segments are built by ``bifrost_stt.gateway.render.formats`` from the
   words (``router.plan_format`` asks for verbose_json with word timings). No native streaming: the gateway
   synthesizes streams from the result.
 - Words. ``words[]`` mixes ``word``, ``spacing`` and ``audio_event`` items; only ``word`` items become canonical
@@ -34,12 +34,12 @@ from typing import Any
 import httpx
 import orjson
 
-from gateway.canonical import Logprob, TranscriptionRequest, TranscriptionResult, Usage, Word
-from gateway.errors import ClientError, GatewayError, UpstreamUnavailable
-from gateway.settings import ProviderConfig
-from providers.base import Attempt, Capabilities
-from providers.http import multipart_body, parse_json, upload_filename
-from providers.wire import fetch
+from bifrost_stt.kernel.canonical import Logprob, TranscriptionRequest, TranscriptionResult, Usage, Word
+from bifrost_stt.kernel.errors import ClientError, GatewayError, UpstreamUnavailable
+from bifrost_stt.kernel.settings import ProviderConfig
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities
+from bifrost_stt.providers.http import multipart_body, parse_json, upload_filename
+from bifrost_stt.providers.wire import fetch
 
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
 PATH = "/v1/speech-to-text"

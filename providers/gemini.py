@@ -33,7 +33,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from gateway.canonical import (
+from bifrost_stt.kernel.canonical import (
     Logprob,
     StreamDelta,
     StreamDone,
@@ -42,11 +42,11 @@ from gateway.canonical import (
     TranscriptionResult,
     Usage,
 )
-from gateway.errors import ClientError, PayloadTooLarge, UpstreamError, UpstreamUnavailable
-from gateway.settings import KeyConfig, ProviderConfig
-from providers.base import Attempt, Capabilities
-from providers.http import base64_chunks, base64_length, parse_json, redact, upload_filename
-from providers.wire import VendorError, event_json, fetch, key_secrets, open_events
+from bifrost_stt.kernel.errors import ClientError, PayloadTooLarge, UpstreamError, UpstreamUnavailable
+from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities
+from bifrost_stt.providers.http import base64_chunks, base64_length, parse_json, redact, upload_filename
+from bifrost_stt.providers.wire import VendorError, event_json, fetch, key_secrets, open_events
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 API_VERSION = "v1beta"

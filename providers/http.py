@@ -8,7 +8,7 @@ startup and closed (``await client.aclose()``) at shutdown; never one per reques
 The aiohttp session inside is built lazily on the first request, i.e. inside the running loop, so
 ``make_client`` may be called from sync or async code; but a client belongs to the loop that first uses it.
 
-Errors. Everything that can go wrong on the wire is mapped here, once, into ``gateway.errors``:
+Errors. Everything that can go wrong on the wire is mapped here, once, into ``bifrost_stt.kernel.errors``:
 
     non-2xx with OpenAI-style JSON error  -> UpstreamError (provider's status, type, code, message, param)
     non-2xx with HTML / empty / non-JSON   -> UpstreamUnavailable 502
@@ -37,9 +37,9 @@ import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
 
-from gateway.canonical import CHUNK_SIZE, AudioSource
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from gateway.settings import ProviderConfig
+from bifrost_stt.kernel.canonical import CHUNK_SIZE, AudioSource
+from bifrost_stt.kernel.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from bifrost_stt.kernel.settings import ProviderConfig
 
 KEEPALIVE_SECONDS = 30.0
 _MASK = "**********"

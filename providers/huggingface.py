@@ -25,13 +25,13 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from gateway.canonical import AudioSource, Segment, TranscriptionRequest, TranscriptionResult, Word
-from gateway.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
-from gateway.settings import ProviderConfig
-from providers.base import Attempt, Capabilities
-from providers.http import base64_chunks, base64_length, parse_json, redact, sized_chunks, upload_filename
-from providers.wire import fetch, key_secrets
-from providers.openai_compat import bearer
+from bifrost_stt.kernel.canonical import AudioSource, Segment, TranscriptionRequest, TranscriptionResult, Word
+from bifrost_stt.kernel.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
+from bifrost_stt.kernel.settings import ProviderConfig
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities
+from bifrost_stt.providers.http import base64_chunks, base64_length, parse_json, redact, sized_chunks, upload_filename
+from bifrost_stt.providers.wire import fetch, key_secrets
+from bifrost_stt.providers.openai_compat import bearer
 
 DEFAULT_BASE_URL = "https://router.huggingface.co/hf-inference"
 RAW_ROUTE = "hf-inference"  # the route that takes raw audio when there are no parameters

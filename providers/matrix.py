@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.canonical import RESPONSE_FORMATS
-from providers import registry
-from providers.base import Capabilities
+from bifrost_stt.kernel.canonical import RESPONSE_FORMATS
+from bifrost_stt.providers import registry
+from bifrost_stt.kernel.capabilities import Capabilities
 
 MARKERS = ("<!-- capability-matrix:start (generated: providers/matrix.py) -->", "<!-- capability-matrix:end -->")
 _YES, _NO = "yes", "—"

@@ -7,7 +7,7 @@
 
 Decisions, and why:
 - Formats. Mistral has one JSON answer and no ``response_format`` field. ``json``, ``text`` and
-  ``verbose_json`` are mapped from it (``native_formats``); srt/vtt come from ``gateway.formats`` after
+  ``verbose_json`` are mapped from it (``native_formats``); srt/vtt come from ``bifrost_stt.gateway.render.formats`` after
   ``router.plan_format`` asks for verbose_json with segment timings.
 - Timings. ``timestamp_granularities`` is sent only for verbose_json (``segment`` by default). Mistral documents
   ``word`` but answers with one ``segments`` list; when ``word`` is asked we send ``word`` alone and read the
@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 import orjson
 
-from gateway.canonical import (
+from bifrost_stt.kernel.canonical import (
     Segment,
     StreamDelta,
     StreamDone,
@@ -45,11 +45,11 @@ from gateway.canonical import (
     Usage,
     Word,
 )
-from gateway.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
-from gateway.settings import ProviderConfig
-from providers.base import Attempt, Capabilities
-from providers.http import multipart_body, parse_json, upload_filename
-from providers.wire import event_json, fetch, open_events
+from bifrost_stt.kernel.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
+from bifrost_stt.kernel.settings import ProviderConfig
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities
+from bifrost_stt.providers.http import multipart_body, parse_json, upload_filename
+from bifrost_stt.providers.wire import event_json, fetch, open_events
 
 DEFAULT_BASE_URL = "https://api.mistral.ai"
 PATH = "/v1/audio/transcriptions"

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import httpx
 
-from gateway.canonical import (
+from bifrost_stt.kernel.canonical import (
     TEXT_FORMATS,
     Logprob,
     Segment,
@@ -34,11 +34,11 @@ from gateway.canonical import (
     Usage,
     Word,
 )
-from gateway.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
-from gateway.settings import KeyConfig, ProviderConfig
-from providers.base import Attempt, Capabilities
-from providers.http import multipart_body, parse_json, upload_filename
-from providers.wire import event_json, fetch, open_events
+from bifrost_stt.kernel.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
+from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities
+from bifrost_stt.providers.http import multipart_body, parse_json, upload_filename
+from bifrost_stt.providers.wire import event_json, fetch, open_events
 
 ALL_FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt"})
 AZURE_DEFAULT_API_VERSION = "2024-10-21"

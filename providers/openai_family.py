@@ -20,11 +20,11 @@ from dataclasses import replace
 
 import httpx
 
-from gateway.canonical import TranscriptionRequest, TranscriptionResult
-from gateway.errors import GatewayError
-from gateway.settings import ProviderConfig
-from providers.base import Attempt, Capabilities
-from providers.openai_compat import ALL_FORMATS, OpenAICompatible, Vendor, bearer, join_url
+from bifrost_stt.kernel.canonical import TranscriptionRequest, TranscriptionResult
+from bifrost_stt.kernel.errors import GatewayError
+from bifrost_stt.kernel.settings import ProviderConfig
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities
+from bifrost_stt.providers.openai_compat import ALL_FORMATS, OpenAICompatible, Vendor, bearer, join_url
 
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 FIREWORKS_HOSTS = {

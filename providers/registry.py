@@ -18,23 +18,23 @@ from types import MappingProxyType
 
 import httpx
 
-from gateway.settings import ProviderConfig
-from providers.base import Capabilities, Transcriber
+from bifrost_stt.kernel.settings import ProviderConfig
+from bifrost_stt.kernel.capabilities import Capabilities, Transcriber
 
 Factory = Callable[[ProviderConfig, httpx.AsyncClient], object]
 
 PROVIDERS: Mapping[str, str] = MappingProxyType(
     {
-        "openai": "providers.openai_compat:create_openai",
-        "azure": "providers.openai_compat:create_azure",
-        "groq": "providers.openai_compat:create_groq",
-        "mistral": "providers.mistral:create",
-        "elevenlabs": "providers.elevenlabs:create",
-        "huggingface": "providers.huggingface:create",
-        "vllm": "providers.openai_family:create_vllm",
-        "fireworks": "providers.openai_family:create_fireworks",
-        "gemini": "providers.gemini:create",
-        "deepgram": "providers.deepgram:create",
+        "openai": "bifrost_stt.providers.openai_compat:create_openai",
+        "azure": "bifrost_stt.providers.openai_compat:create_azure",
+        "groq": "bifrost_stt.providers.openai_compat:create_groq",
+        "mistral": "bifrost_stt.providers.mistral:create",
+        "elevenlabs": "bifrost_stt.providers.elevenlabs:create",
+        "huggingface": "bifrost_stt.providers.huggingface:create",
+        "vllm": "bifrost_stt.providers.openai_family:create_vllm",
+        "fireworks": "bifrost_stt.providers.openai_family:create_fireworks",
+        "gemini": "bifrost_stt.providers.gemini:create",
+        "deepgram": "bifrost_stt.providers.deepgram:create",
     }
 )
 

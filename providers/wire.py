@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import orjson
 
-from gateway.errors import UpstreamError, UpstreamUnavailable
-from providers.base import Attempt
-from providers.http import map_transport_errors, raise_for_upstream
+from bifrost_stt.kernel.errors import UpstreamError, UpstreamUnavailable
+from bifrost_stt.kernel.capabilities import Attempt
+from bifrost_stt.providers.http import map_transport_errors, raise_for_upstream
 
 VendorError = Callable[[int, Any, Mapping[str, str]], UpstreamError | None]
 RewriteError = Callable[[int, bytes], bytes | None]

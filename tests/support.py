@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import pytest
 import uvicorn
 
-from gateway.app import create_app
-from gateway.settings import (
+from bifrost_stt.server.app import create_app
+from bifrost_stt.kernel.settings import (
     AzureKeyConfig,
     ClientConfig,
     GatewayConfig,
@@ -24,8 +24,8 @@ from gateway.settings import (
     ProviderConfig,
     Secret,
 )
-from providers import registry
-from providers.http import make_client
+from bifrost_stt.providers import registry
+from bifrost_stt.providers.http import make_client
 
 
 T = TypeVar("T")

@@ -52,7 +52,7 @@ def gateway_process(tmp_path: Path, fake_openai: Any) -> Iterator[tuple[str, int
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path), "--port", str(port),
+        [sys.executable, "-m", "bifrost_stt.server.cli", "serve", "--config", str(path), "--port", str(port),
          "--log-level", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

@@ -1,6 +1,6 @@
 """schemathesis 4 in-process over every operation of the served contract, every check, bounded.
 
-The schema is the merged 3.1 document (``gateway.spec.load_contract()``); the app is ``create_app`` with
+The schema is the merged 3.1 document (``bifrost_stt.gateway.contract.loading.load_contract()``); the app is ``create_app`` with
 providers pointing at the session's fake upstreams, reached over ASGI in this process. schemathesis runs the
 app's lifespan around each operation's test, so ``Gateway.start()`` builds the provider clients as in
 production. Bounds, phases and every relaxed check, with its reason: docs/contract-testing.md.
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import schemathesis
 
-from gateway import spec
-from gateway.app import create_app
+from bifrost_stt.gateway.contract import loading as spec
+from bifrost_stt.server.app import create_app
 from tests.audio import wav_bytes
 from tests.support import config_with
 

@@ -1,4 +1,4 @@
-"""gateway/, handlers/ and providers/ stay clean under ``mypy --strict`` (settings in pyproject.toml)."""
+"""bifrost_stt stays clean under ``mypy --strict`` (settings in pyproject.toml) and keeps its layers (.importlinter)."""
 
 from __future__ import annotations
 
@@ -16,4 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
                     reason="mypy is not installed (it is in the test extras)")
 def test_mypy_strict_is_clean() -> None:
     done = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not (Path(sys.executable).parent / "lint-imports").exists(),
+                    reason="import-linter is not installed (it is in the test extras)")
+def test_layers_point_down_and_rooms_stay_apart() -> None:
+    done = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

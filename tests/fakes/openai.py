@@ -17,7 +17,7 @@ import math
 import re
 from typing import Any
 
-from gateway.settings import AzureKeyConfig, KeyConfig, NetworkConfig, ProviderConfig, Secret
+from bifrost_stt.kernel.settings import AzureKeyConfig, KeyConfig, NetworkConfig, ProviderConfig, Secret
 from tests.fakes.server import FakeServer, Recorded, Reply, error_reply
 
 OPENAI_KEY = "sk-test-openai-4f9a2c71e0b3"

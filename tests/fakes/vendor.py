@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.settings import KeyConfig, NetworkConfig, ProviderConfig, Secret
+from bifrost_stt.kernel.settings import KeyConfig, NetworkConfig, ProviderConfig, Secret
 from tests.fakes.server import FakeServer
 
 

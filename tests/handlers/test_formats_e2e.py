@@ -17,12 +17,12 @@ import openai
 import orjson
 import pytest
 
-from gateway import formats
-from providers.openai_compat import to_result
+from bifrost_stt.gateway.render import formats
+from bifrost_stt.providers.openai_compat import to_result
 from tests.audio import wav_bytes
 from tests.fakes.openai import TRANSCRIPT, FakeOpenAI
 from tests.support import config_with, serve
-from gateway.app import create_app
+from bifrost_stt.server.app import create_app
 
 FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 GRANULARITIES: tuple[tuple[str, ...], ...] = ((), ("word",), ("segment",), ("word", "segment"))

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.app import create_app
+from bifrost_stt.server.app import create_app
 from tests.audio import wav_bytes
 from tests.support import config_with, serve
 

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.app import create_app
-from gateway.settings import ConcurrencyConfig, KeyConfig, Secret
+from bifrost_stt.server.app import create_app
+from bifrost_stt.kernel.settings import ConcurrencyConfig, KeyConfig, Secret
 from tests.audio import wav_bytes, wav_of_size
 from tests.fakes.faults import (
     FaultyAzure,

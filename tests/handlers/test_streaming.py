@@ -23,14 +23,14 @@ import orjson
 import pytest
 from connexion.exceptions import NonConformingResponseBody
 
-from gateway import app as app_module
-from gateway import spec
-from gateway.app import create_app
-from gateway.canonical import StreamDelta, StreamDone, Usage
-from gateway.router import Served
-from gateway.settings import GatewayConfig
-from gateway.validation import SSEResponseValidator, StrictSSEResponseValidator, validator_map
-from handlers import outbound
+from bifrost_stt.server import app as app_module
+from bifrost_stt.gateway.contract import loading as spec
+from bifrost_stt.server.app import create_app
+from bifrost_stt.kernel.canonical import StreamDelta, StreamDone, Usage
+from bifrost_stt.gateway.routing.router import Served
+from bifrost_stt.kernel.settings import GatewayConfig
+from bifrost_stt.gateway.contract.validation import SSEResponseValidator, StrictSSEResponseValidator, validator_map
+from bifrost_stt.handlers import outbound
 from tests.audio import wav_bytes
 from tests.fakes.openai import TRANSCRIPT
 from tests.fakes.server import Reply, error_reply
@@ -586,7 +586,7 @@ def test_docs_say_which_providers_stream_natively() -> None:
     """docs/streaming.md has one row per registry kind, and its yes/no is the kind's declared native_stream."""
     from pathlib import Path
 
-    from providers import registry
+    from bifrost_stt.providers import registry
 
     doc = (Path(__file__).parents[2] / "docs" / "streaming.md").read_text(encoding="utf-8")
     table = doc.partition("## Which providers stream natively")[2]

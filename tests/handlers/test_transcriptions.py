@@ -15,11 +15,11 @@ import httpx
 import openai
 import pytest
 
-from gateway.settings import KeyConfig, Secret
+from bifrost_stt.kernel.settings import KeyConfig, Secret
 from tests.audio import wav_bytes
 from tests.fakes.openai import AZURE_KEY, TRANSCRIPT
 from tests.support import config_with, serve
-from gateway.app import create_app
+from bifrost_stt.server.app import create_app
 
 FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 

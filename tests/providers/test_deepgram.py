@@ -1,4 +1,4 @@
-"""providers.deepgram: conversions on recorded payloads, the provider against a fake Deepgram on 127.0.0.1,
+"""bifrost_stt.providers.deepgram: conversions on recorded payloads, the provider against a fake Deepgram on 127.0.0.1,
 and end to end through a real gateway with the openai SDK."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import httpx
 import openai
 import pytest
 
-from gateway.canonical import BytesAudio, FileAudio, TranscriptionRequest
-from gateway.errors import ClientError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, envelope
-from gateway.settings import KeyConfig, Secret
-from providers import registry
-from providers.base import Attempt, StreamingTranscriber, Transcriber
-from providers.deepgram import Deepgram, create, to_content_type, to_key_terms, to_result, to_upstream_error, to_wire_query
+from bifrost_stt.kernel.canonical import BytesAudio, FileAudio, TranscriptionRequest
+from bifrost_stt.kernel.errors import ClientError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, envelope
+from bifrost_stt.kernel.settings import KeyConfig, Secret
+from bifrost_stt.providers import registry
+from bifrost_stt.kernel.capabilities import Attempt, StreamingTranscriber, Transcriber
+from bifrost_stt.providers.deepgram import Deepgram, create, to_content_type, to_key_terms, to_result, to_upstream_error, to_wire_query
 from tests.audio import wav_bytes
 from tests.fakes.deepgram import DEEPGRAM_KEY, TRANSCRIPT, FakeDeepgram, dg_error
 from tests.fakes.server import Reply
@@ -314,8 +314,8 @@ def test_sdk_bad_key_error_envelope(run_gateway: Callable[..., str], fake_deepgr
 
 
 def test_zero_config_from_the_environment() -> None:
-    from gateway.config import load_config
-    from gateway.spec import load_contract, provider_ids
+    from bifrost_stt.gateway.config.load import load_config
+    from bifrost_stt.gateway.contract.loading import load_contract, provider_ids
 
     cfg = load_config(None, {"DEEPGRAM_API_KEY": "dg-env-key"}).providers["deepgram"]
     assert (cfg.kind, cfg.keys[0].name, cfg.keys[0].value.reveal()) == ("deepgram", "DEEPGRAM_API_KEY", "dg-env-key")

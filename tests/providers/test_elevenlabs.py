@@ -1,4 +1,4 @@
-"""providers.elevenlabs: pure conversions, the provider against a fake ElevenLabs on 127.0.0.1, and the openai
+"""bifrost_stt.providers.elevenlabs: pure conversions, the provider against a fake ElevenLabs on 127.0.0.1, and the openai
 SDK through a real gateway for every response format and a (synthesized) stream."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import httpx
 import openai
 import pytest
 
-from gateway.canonical import BytesAudio, TranscriptionRequest
-from gateway.config import from_environment
-from gateway.errors import ClientError, UpstreamError, UpstreamTimeout, envelope
-from gateway.settings import KeyConfig, Secret
-from providers import registry
-from providers.base import Attempt, StreamingTranscriber, Transcriber
-from providers.elevenlabs import (
+from bifrost_stt.kernel.canonical import BytesAudio, TranscriptionRequest
+from bifrost_stt.gateway.config.load import from_environment
+from bifrost_stt.kernel.errors import ClientError, UpstreamError, UpstreamTimeout, envelope
+from bifrost_stt.kernel.settings import KeyConfig, Secret
+from bifrost_stt.providers import registry
+from bifrost_stt.kernel.capabilities import Attempt, StreamingTranscriber, Transcriber
+from bifrost_stt.providers.elevenlabs import (
     ELEVENLABS,
     ElevenLabs,
     create,

@@ -9,14 +9,14 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.app import create_app
-from gateway.canonical import BytesAudio, TranscriptionRequest
-from gateway.errors import UpstreamError, envelope
-from gateway.settings import KeyConfig, NetworkConfig, ProviderConfig, Secret
-from providers import registry
-from providers.base import Attempt, StreamingTranscriber
-from providers.openai_compat import OpenAICompatible
-from providers.openai_family import FIREWORKS, fireworks_url
+from bifrost_stt.server.app import create_app
+from bifrost_stt.kernel.canonical import BytesAudio, TranscriptionRequest
+from bifrost_stt.kernel.errors import UpstreamError, envelope
+from bifrost_stt.kernel.settings import KeyConfig, NetworkConfig, ProviderConfig, Secret
+from bifrost_stt.providers import registry
+from bifrost_stt.kernel.capabilities import Attempt, StreamingTranscriber
+from bifrost_stt.providers.openai_compat import OpenAICompatible
+from bifrost_stt.providers.openai_family import FIREWORKS, fireworks_url
 from tests.audio import wav_bytes
 from tests.fakes.openai import TRANSCRIPT
 from tests.fakes.vllm import FIREWORKS_KEY, FakeFireworks

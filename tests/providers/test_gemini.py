@@ -1,4 +1,4 @@
-"""providers.gemini: conversions on recorded payloads, the provider against a fake Gemini on 127.0.0.1,
+"""bifrost_stt.providers.gemini: conversions on recorded payloads, the provider against a fake Gemini on 127.0.0.1,
 and end to end through a real gateway with the openai SDK."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import httpx
 import openai
 import pytest
 
-from gateway.canonical import BytesAudio, FileAudio, StreamDelta, StreamDone, StreamEvent, TranscriptionRequest
-from gateway.errors import ClientError, PayloadTooLarge, UpstreamError, UpstreamTimeout, UpstreamUnavailable, envelope
-from gateway.settings import KeyConfig, Secret
-from providers import registry
-from providers.base import Attempt, StreamingTranscriber, Transcriber
-from providers.http import base64_chunks
-from providers.gemini import (
+from bifrost_stt.kernel.canonical import BytesAudio, FileAudio, StreamDelta, StreamDone, StreamEvent, TranscriptionRequest
+from bifrost_stt.kernel.errors import ClientError, PayloadTooLarge, UpstreamError, UpstreamTimeout, UpstreamUnavailable, envelope
+from bifrost_stt.kernel.settings import KeyConfig, Secret
+from bifrost_stt.providers import registry
+from bifrost_stt.kernel.capabilities import Attempt, StreamingTranscriber, Transcriber
+from bifrost_stt.providers.http import base64_chunks
+from bifrost_stt.providers.gemini import (
     DEFAULT_INSTRUCTION,
     Gemini,
     create,
@@ -339,8 +339,8 @@ def test_sdk_bad_key_error_envelope(run_gateway: Callable[..., str], fake_gemini
 
 
 def test_zero_config_from_the_environment() -> None:
-    from gateway.config import load_config
-    from gateway.spec import load_contract, provider_ids
+    from bifrost_stt.gateway.config.load import load_config
+    from bifrost_stt.gateway.contract.loading import load_contract, provider_ids
 
     cfg = load_config(None, {"GEMINI_API_KEY": "AIza-env-key"}).providers["gemini"]
     assert (cfg.kind, cfg.keys[0].name, cfg.keys[0].value.reveal()) == ("gemini", "GEMINI_API_KEY", "AIza-env-key")

@@ -1,4 +1,4 @@
-"""providers.http: the pooled client, multipart bodies, upload names and the one error mapping."""
+"""bifrost_stt.providers.http: the pooled client, multipart bodies, upload names and the one error mapping."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import httpx
 import pytest
 from httpx_aiohttp import AiohttpTransport
 
-from gateway.canonical import CHUNK_SIZE, BytesAudio, FileAudio
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, envelope
-from gateway.settings import ConcurrencyConfig, NetworkConfig, ProviderConfig
-from providers.http import make_client, map_transport_errors, multipart_body, raise_for_upstream, upload_filename
+from bifrost_stt.kernel.canonical import CHUNK_SIZE, BytesAudio, FileAudio
+from bifrost_stt.kernel.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, envelope
+from bifrost_stt.kernel.settings import ConcurrencyConfig, NetworkConfig, ProviderConfig
+from bifrost_stt.providers.http import make_client, map_transport_errors, multipart_body, raise_for_upstream, upload_filename
 from tests.fakes.server import FakeServer, Reply, parse_multipart
 
 SECRET = "sk-live-very-secret-0123456789abcdef"

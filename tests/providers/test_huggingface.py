@@ -1,4 +1,4 @@
-"""providers.huggingface: conversions, then the adapter against a fake HF router on 127.0.0.1, then end to end."""
+"""bifrost_stt.providers.huggingface: conversions, then the adapter against a fake HF router on 127.0.0.1, then end to end."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import httpx
 import openai
 import pytest
 
-from gateway.app import create_app
-from gateway.canonical import BytesAudio, FileAudio, TranscriptionRequest
-from gateway.errors import ClientError, UpstreamError, UpstreamUnavailable, envelope
-from gateway.settings import KeyConfig, Secret
-from providers import registry
-from providers.base import Attempt, StreamingTranscriber, Transcriber
-from providers.http import make_client
-from providers.huggingface import HUGGINGFACE, HuggingFace, accepts_raw, json_body, to_parameters, to_result
+from bifrost_stt.server.app import create_app
+from bifrost_stt.kernel.canonical import BytesAudio, FileAudio, TranscriptionRequest
+from bifrost_stt.kernel.errors import ClientError, UpstreamError, UpstreamUnavailable, envelope
+from bifrost_stt.kernel.settings import KeyConfig, Secret
+from bifrost_stt.providers import registry
+from bifrost_stt.kernel.capabilities import Attempt, StreamingTranscriber, Transcriber
+from bifrost_stt.providers.http import make_client
+from bifrost_stt.providers.huggingface import HUGGINGFACE, HuggingFace, accepts_raw, json_body, to_parameters, to_result
 from tests.audio import wav_bytes
 from tests.fakes.huggingface import HF_TOKEN, FakeHuggingFace, decoded_audio
 from tests.fakes.openai import TRANSCRIPT

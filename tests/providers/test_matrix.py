@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.settings import ProviderConfig
-from providers import registry
-from providers.base import Capabilities
-from providers.matrix import MARKERS, render_document, render_matrix, sync
+from bifrost_stt.kernel.settings import ProviderConfig
+from bifrost_stt.providers import registry
+from bifrost_stt.kernel.capabilities import Capabilities
+from bifrost_stt.providers.matrix import MARKERS, render_document, render_matrix, sync
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "providers.md"
@@ -34,7 +34,7 @@ async def test_every_kind_declares_capabilities_and_its_provider_uses_them(kind:
 def test_unknown_kind_and_undeclared_capabilities_fail_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(LookupError, match="unknown provider kind"):
         registry.capabilities("nonesuch")
-    monkeypatch.setattr(registry, "PROVIDERS", {**registry.PROVIDERS, "bare": "providers.http:make_client"})
+    monkeypatch.setattr(registry, "PROVIDERS", {**registry.PROVIDERS, "bare": "bifrost_stt.providers.http:make_client"})
     with pytest.raises(LookupError, match="add a module constant BARE = Capabilities"):
         registry.capabilities("bare")
     assert registry.capabilities_name("opencode-go") == "OPENCODE_GO"

@@ -1,4 +1,4 @@
-"""providers.mistral: pure conversions, the provider against a fake Mistral on 127.0.0.1, and the openai SDK
+"""bifrost_stt.providers.mistral: pure conversions, the provider against a fake Mistral on 127.0.0.1, and the openai SDK
 through a real gateway for every response format and streaming."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import httpx
 import openai
 import pytest
 
-from gateway.canonical import BytesAudio, StreamDelta, StreamDone, StreamEvent, TranscriptionRequest
-from gateway.config import from_environment
-from gateway.errors import ClientError, UpstreamError, UpstreamUnavailable, envelope
-from gateway.settings import KeyConfig, Secret
-from providers import registry
-from providers.base import Attempt, StreamingTranscriber, Transcriber
-from providers.http import make_client
-from providers.mistral import (
+from bifrost_stt.kernel.canonical import BytesAudio, StreamDelta, StreamDone, StreamEvent, TranscriptionRequest
+from bifrost_stt.gateway.config.load import from_environment
+from bifrost_stt.kernel.errors import ClientError, UpstreamError, UpstreamUnavailable, envelope
+from bifrost_stt.kernel.settings import KeyConfig, Secret
+from bifrost_stt.providers import registry
+from bifrost_stt.kernel.capabilities import Attempt, StreamingTranscriber, Transcriber
+from bifrost_stt.providers.http import make_client
+from bifrost_stt.providers.mistral import (
     MISTRAL,
     Mistral,
     create,

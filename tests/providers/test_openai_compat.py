@@ -11,13 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.canonical import BytesAudio, FileAudio, StreamDelta, StreamDone, StreamEvent, TranscriptionRequest
-from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable, envelope
-from gateway.settings import AzureKeyConfig, KeyConfig, NetworkConfig, ProviderConfig, Secret
-from providers import registry
-from providers.base import Attempt, StreamingTranscriber, Transcriber
-from providers.http import make_client
-from providers.openai_compat import OpenAICompatible, create_openai, to_result
+from bifrost_stt.kernel.canonical import BytesAudio, FileAudio, StreamDelta, StreamDone, StreamEvent, TranscriptionRequest
+from bifrost_stt.kernel.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable, envelope
+from bifrost_stt.kernel.settings import AzureKeyConfig, KeyConfig, NetworkConfig, ProviderConfig, Secret
+from bifrost_stt.providers import registry
+from bifrost_stt.kernel.capabilities import Attempt, StreamingTranscriber, Transcriber
+from bifrost_stt.providers.http import make_client
+from bifrost_stt.providers.openai_compat import OpenAICompatible, create_openai, to_result
 from tests.fakes.openai import AZURE_KEY, GROQ_KEY, OPENAI_KEY, TRANSCRIPT, FakeAzure, FakeGroq, FakeOpenAI
 from tests.fakes.server import Reply
 
@@ -346,7 +346,7 @@ def test_registry() -> None:
 
 @pytest.mark.parametrize("base", ["http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/"])
 def test_a_base_url_in_the_sdks_style_does_not_double_v1(base: str) -> None:
-    from providers.openai_compat import join_url
+    from bifrost_stt.providers.openai_compat import join_url
 
     assert join_url(base, "/v1/audio/transcriptions", "openai") == "http://h:1/v1/audio/transcriptions"
 

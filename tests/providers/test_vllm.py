@@ -12,16 +12,16 @@ import httpx
 import openai
 import pytest
 
-from gateway.app import create_app
-from gateway.canonical import BytesAudio, TranscriptionRequest
-from gateway.config import load_config
-from gateway.errors import GatewayError, UpstreamError
-from gateway.settings import KeyConfig, Secret
-from providers import registry
-from providers.base import Attempt, StreamingTranscriber
-from providers.http import make_client
-from providers.openai_compat import OpenAICompatible
-from providers.openai_family import VLLM, PerKeyServer, vllm_url
+from bifrost_stt.server.app import create_app
+from bifrost_stt.kernel.canonical import BytesAudio, TranscriptionRequest
+from bifrost_stt.gateway.config.load import load_config
+from bifrost_stt.kernel.errors import GatewayError, UpstreamError
+from bifrost_stt.kernel.settings import KeyConfig, Secret
+from bifrost_stt.providers import registry
+from bifrost_stt.kernel.capabilities import Attempt, StreamingTranscriber
+from bifrost_stt.providers.http import make_client
+from bifrost_stt.providers.openai_compat import OpenAICompatible
+from bifrost_stt.providers.openai_family import VLLM, PerKeyServer, vllm_url
 from tests.audio import wav_bytes
 from tests.fakes.openai import TRANSCRIPT
 from tests.fakes.vllm import VLLM_KEY, VLLM_MODEL, FakeVLLM

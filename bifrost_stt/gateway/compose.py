@@ -1,0 +1,71 @@
+"""The running gateway: providers built from the registry, their pooled clients, and the router.
+
+Clients are created in ``start()`` (from the app's lifespan) because the aiohttp engine behind them must be
+born inside the running event loop, and closed in ``aclose()`` on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from bifrost_stt.kernel.errors import Overloaded
+from bifrost_stt.gateway.jobs.runner import JobRunner
+from bifrost_stt.gateway.routing.router import ProviderSlot, Router
+from bifrost_stt.kernel.settings import GatewayConfig
+from bifrost_stt.providers import registry
+from bifrost_stt.providers.http import make_client
+
+log = logging.getLogger("bifrost_stt")
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, provider_ids: frozenset[str] = frozenset()) -> None:
+        self.config = config
+        self._provider_ids = provider_ids  # every id the contract names, implemented here or not
+        self._router: Router | None = None
+        self._clients: list[Any] = []
+        # Both are read on every request and cannot change while the gateway runs: computed once.
+        self._configured = frozenset(config.providers)
+        self._known = provider_ids | registry.known() | self._configured
+        self.jobs = JobRunner(config.client)  # async transcription jobs; started and stopped with the gateway
+
+    @property
+    def known_providers(self) -> frozenset[str]:
+        """Provider ids a model prefix may name: the contract's ids, registry kinds, configured names."""
+        return self._known
+
+    @property
+    def configured(self) -> frozenset[str]:
+        return self._configured
+
+    def kind_of(self, provider: str) -> str:
+        cfg = self.config.providers.get(provider)
+        return cfg.kind if cfg else provider
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            raise Overloaded("the gateway is starting; retry in a moment")
+        return self._router
+
+    async def start(self) -> None:
+        slots: dict[str, ProviderSlot] = {}
+        for provider_id, cfg in self.config.providers.items():
+            client = make_client(cfg)
+            self._clients.append(client)
+            impl = registry.build(cfg, client)
+            slots[provider_id] = ProviderSlot(cfg, impl, drop_excess=self.config.client.drop_excess_requests)
+        self._router = Router(slots)
+        log.info("providers ready: %s", ", ".join(sorted(slots)) or "none (configure one: see README)")
+        await self.jobs.start()
+
+    async def aclose(self) -> None:
+        await self.jobs.aclose()  # first: cancelling jobs ends their upstream calls before the clients close
+        clients, self._clients = self._clients, []
+        for client in clients:
+            try:
+                await client.aclose()
+            except Exception:  # shutting down: a close failure must not hide the others
+                log.exception("closing an upstream client failed")
+        self._router = None

@@ -1,0 +1,1 @@
+"""Configuration: the upstream config.json shape, checked field by field, turned into typed settings."""

@@ -1,0 +1,333 @@
+"""Build the typed ``GatewayConfig`` from a config file in upstream Bifrost's shape, or from the environment.
+
+Layers, lowest first: dataclass defaults → the file (or, without a file, ``<KIND>_API_KEY`` variables) →
+``BIFROST_STT_HOST`` / ``_PORT`` / ``_MAX_BODY_MB`` → command-line overrides (``apply_overrides``).
+
+An upstream user's config.json loads unchanged: sections that do not concern transcription are listed in
+``ignored_sections``, settings we accept but cannot honour in ``unsupported_fields`` (the CLI logs both once).
+Every mistake is a ``ConfigError`` naming its dotted path; no message ever contains a key's value.
+The file's shape lives in ``bifrost_stt.gateway.config.schema`` as tables; this module only turns checked values into
+dataclasses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from bifrost_stt.gateway.config.schema import (
+    CLIENT,
+    KEY,
+    PROVIDER,
+    SERVER,
+    TOP,
+    UPSTREAM_PROVIDER_IDS,
+    ConfigError,
+    Context,
+    as_object,
+    header_value,
+    read_section,
+    suggestion,
+)
+from bifrost_stt.kernel.settings import (
+    AzureKeyConfig,
+    ClientConfig,
+    ConcurrencyConfig,
+    GatewayConfig,
+    KeyConfig,
+    NetworkConfig,
+    ProviderConfig,
+    ServerConfig,
+    Secret,
+)
+
+__all__ = [
+    "CONFIG_ENV", "OVERRIDES_ENV", "ConfigError", "apply_overrides", "config_from_environ", "from_document",
+    "from_environment", "load_config", "read_document",
+]
+
+CONFIG_ENV = "BIFROST_STT_CONFIG"  # the config path handed from `bifrost-stt serve` to its workers
+OVERRIDES_ENV = "BIFROST_STT_OVERRIDES"  # JSON of the command-line overrides, ditto
+
+# Kinds that make sense without a key (self-hosted servers): a base URL variable alone configures them.
+KEYLESS_KINDS = frozenset({"vllm"})
+
+# Zero-config variables that differ from the generic <KIND>_API_KEY / <KIND>_BASE_URL pattern.
+AZURE_ENV = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_VERSION")
+
+# BIFROST_STT_* variable → (section, field, is an integer), applied over the file or the zero-config.
+SERVER_ENV: Mapping[str, tuple[str, str, bool]] = {
+    "BIFROST_STT_HOST": ("server", "host", False),
+    "BIFROST_STT_PORT": ("server", "port", True),
+    "BIFROST_STT_MAX_BODY_MB": ("client", "max_request_body_size_mb", True),
+}
+
+OVERRIDABLE = ("host", "port", "workers", "log_level", "spec_dir")
+
+
+def load_config(
+    path: str | Path | None, env: Mapping[str, str], known_kinds: frozenset[str] | None = None
+) -> GatewayConfig:
+    """Read ``path`` (JSON or YAML), or build from ``env`` when ``path`` is None; then apply BIFROST_STT_*.
+
+    ``known_kinds`` defaults to ``providers.registry.known()``; tests pass their own.
+    """
+    kinds = known_kinds if known_kinds is not None else _registry_kinds()
+    if path is None:
+        config = from_environment(env, kinds)
+    else:
+        config = from_document(read_document(Path(path)), env, kinds)
+    return _apply_server_env(config, env)
+
+
+def config_from_environ(environ: Mapping[str, str]) -> GatewayConfig:
+    """What a uvicorn worker calls: the path and overrides `bifrost-stt serve` left in the environment."""
+    raw = environ.get(OVERRIDES_ENV) or "{}"
+    try:
+        overrides = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(OVERRIDES_ENV, f"not valid JSON: {exc.msg}") from None
+    if not isinstance(overrides, dict):
+        raise ConfigError(OVERRIDES_ENV, "expected a JSON object")
+    return apply_overrides(load_config(environ.get(CONFIG_ENV) or None, environ), overrides)
+
+
+def apply_overrides(config: GatewayConfig, overrides: Mapping[str, Any]) -> GatewayConfig:
+    """Command-line values win over everything; ``None`` means "not given"."""
+    ctx = Context(env={})
+    changes: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if name not in OVERRIDABLE:
+            raise ConfigError(f"overrides.{name}", "unknown override" + suggestion(name, OVERRIDABLE))
+        if value is not None:
+            changes[name] = SERVER[name].check(value, f"overrides.{name}", ctx)
+    return replace(config, server=replace(config.server, **changes)) if changes else config
+
+
+# --- the file ---------------------------------------------------------------------------------------------------
+
+
+def read_document(path: Path) -> Any:
+    """Parse by extension (.json, .yaml, .yml), else by content: ``{`` first means JSON."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read the config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "the config file is not UTF-8 text") from None
+    suffix = path.suffix.lower()
+    as_json = suffix == ".json" or (suffix not in (".yaml", ".yml") and text.lstrip().startswith("{"))
+    if as_json:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(str(path), f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(str(path), f"not valid YAML: {problem}{where}") from None
+
+
+def from_document(document: Any, env: Mapping[str, str], known_kinds: frozenset[str]) -> GatewayConfig:
+    """A parsed upstream-shaped document → GatewayConfig (``env`` resolves ``env.VAR`` references)."""
+    ctx = Context(env=env)
+    top = read_section({} if document is None else document, "", TOP, ctx)
+    client = top.get("client", {})
+    direct_default = client.pop("allow_direct_keys", False)
+    version = top.get("version", 2)
+    providers: dict[str, ProviderConfig] = {}
+    for pid, raw in top.get("providers", {}).items():
+        built = _provider(pid, raw, ctx, known_kinds, version, direct_default)
+        if built is not None:
+            providers[pid] = built
+    return GatewayConfig(
+        providers=MappingProxyType(providers),
+        client=ClientConfig(**client),
+        server=ServerConfig(**top.get("server", {})),
+        ignored_sections=tuple(dict.fromkeys(ctx.ignored)),
+        unsupported_fields=tuple(dict.fromkeys(ctx.unsupported)),
+    )
+
+
+def _provider(
+    pid: str, raw: Any, ctx: Context, known: frozenset[str], version: int, direct_default: bool
+) -> ProviderConfig | None:
+    path = f"providers.{pid}"
+    if not pid or "/" in pid:
+        raise ConfigError(path, 'a provider id must be non-empty and without "/" (requests say "<id>/<model>")')
+    obj = as_object(raw, path, ctx)
+    if "custom_provider_config" not in obj and pid not in known:
+        if pid in UPSTREAM_PROVIDER_IDS:  # an upstream provider without transcription here: not a mistake
+            ctx.ignored.append(path)
+            return None
+        raise ConfigError(path, "unknown provider" + suggestion(pid, known) + _kinds_hint(known))
+    fields = read_section(obj, path, PROVIDER, ctx)
+    custom = fields.get("custom_provider_config", {})
+    kind = custom.get("base_provider_type", pid)
+    if kind not in known:
+        raise ConfigError(
+            f"{path}.custom_provider_config.base_provider_type",
+            f"unknown provider kind {kind!r}" + suggestion(kind, known) + _kinds_hint(known),
+        )
+    key_less = custom.get("is_key_less", False)
+    raw_keys = fields.get("keys", [])
+    if not raw_keys and not key_less:
+        raise ConfigError(f"{path}.keys", "at least one key is required (or custom_provider_config.is_key_less)")
+    keys = tuple(_key(item, f"{path}.keys[{i}]", kind, ctx, version) for i, item in enumerate(raw_keys))
+    seen: set[str] = set()
+    for i, key in enumerate(keys):
+        if key.name in seen:
+            raise ConfigError(f"{path}.keys[{i}].name", f'duplicate key name "{key.name}"')
+        seen.add(key.name)
+    allowed = custom.get("allowed_requests")
+    return ProviderConfig(
+        id=pid,
+        kind=kind,
+        keys=keys,
+        network=_network(fields.get("network_config", {}), f"{path}.network_config"),
+        concurrency=ConcurrencyConfig(**fields["concurrency_and_buffer_size"])
+        if "concurrency_and_buffer_size" in fields
+        else ConcurrencyConfig(),
+        allow_direct_keys=fields.get("allow_direct_keys", direct_default),
+        is_key_less=key_less,
+        store_raw_request_response=fields.get("store_raw_request_response", False),
+        request_path_overrides=MappingProxyType(custom.get("request_path_overrides", {})),
+        allowed_requests=None if allowed is None else frozenset(k for k, on in allowed.items() if on),
+    )
+
+
+def _key(raw: Any, path: str, kind: str, ctx: Context, version: int) -> KeyConfig:
+    try:
+        fields = read_section(raw, path, KEY, ctx)
+    except ConfigError as exc:
+        name = raw.get("name") if isinstance(raw, Mapping) else None
+        raise (exc.noting(f'key "{name}"') if isinstance(name, str) and name else exc) from None
+    name = fields["name"]
+    azure = fields.get("azure_key_config")
+    if kind == "azure" and azure is None:
+        raise ConfigError(f"{path}.azure_key_config", f'required for azure keys (its endpoint) (key "{name}")')
+    if kind != "azure" and azure is not None:
+        raise ConfigError(f"{path}.azure_key_config", f"only azure keys take one (this provider is {kind})")
+    vllm = fields.get("vllm_key_config", {})
+    if vllm and kind != "vllm":
+        raise ConfigError(f"{path}.vllm_key_config", f"only vllm keys take one (this provider is {kind})")
+    models = fields.get("models", ("*",))
+    if version == 1 and not models:
+        models = ("*",)  # upstream v1.4 semantics, kept for files that say "version": 1
+    return KeyConfig(
+        name=name,
+        value=Secret(fields.get("value", "")),
+        weight=fields.get("weight", 1.0),
+        models=models,
+        aliases=MappingProxyType(fields.get("aliases", {})),
+        enabled=fields.get("enabled", True),
+        azure=None if azure is None else AzureKeyConfig(**azure),
+        url=vllm.get("url"),
+        model_name=vllm.get("model_name"),
+    )
+
+
+def _network(fields: dict[str, Any], path: str) -> NetworkConfig:
+    if "extra_headers" in fields:
+        fields["extra_headers"] = MappingProxyType(fields["extra_headers"])
+    network = NetworkConfig(**fields)
+    if network.retry_backoff_initial > network.retry_backoff_max:
+        raise ConfigError(
+            f"{path}.retry_backoff_initial",
+            f"must not exceed retry_backoff_max ({network.retry_backoff_initial} > {network.retry_backoff_max} ms)",
+        )
+    return network
+
+
+# --- the environment --------------------------------------------------------------------------------------------
+
+
+def env_prefix(kind: str) -> str:
+    """``huggingface`` → ``HUGGINGFACE``; ``opencode-go`` → ``OPENCODE_GO``."""
+    return kind.upper().replace("-", "_")
+
+
+def env_hint(kind: str) -> str:
+    """The environment variables that configure ``kind`` without a file, for error messages."""
+    if kind == "azure":
+        return f"{AZURE_ENV[0]} and {AZURE_ENV[1]}"
+    if kind == "vllm":
+        return "VLLM_BASE_URL"
+    return f"{env_prefix(kind)}_API_KEY"
+
+
+def from_environment(env: Mapping[str, str], known_kinds: frozenset[str]) -> GatewayConfig:
+    """Zero-config: one provider per known kind whose ``<KIND>_API_KEY`` is set (Azure: AZURE_OPENAI_*)."""
+    providers: dict[str, ProviderConfig] = {}
+    for kind in sorted(known_kinds):
+        built = _azure_from_env(env) if kind == "azure" else _generic_from_env(kind, env)
+        if built is not None:
+            providers[kind] = built
+    return GatewayConfig(providers=MappingProxyType(providers))
+
+
+def _generic_from_env(kind: str, env: Mapping[str, str]) -> ProviderConfig | None:
+    key_var, url_var = f"{env_prefix(kind)}_API_KEY", f"{env_prefix(kind)}_BASE_URL"
+    base_url = env.get(url_var) or None
+    network = NetworkConfig(base_url=base_url)
+    if env.get(key_var):
+        value = Secret(header_value(env[key_var], key_var))
+        return ProviderConfig(id=kind, kind=kind, keys=(KeyConfig(name=key_var, value=value),),
+                              network=network)
+    if base_url and kind in KEYLESS_KINDS:
+        return ProviderConfig(id=kind, kind=kind, network=network, is_key_less=True)
+    return None
+
+
+def _azure_from_env(env: Mapping[str, str]) -> ProviderConfig | None:
+    key_var, endpoint_var, version_var = AZURE_ENV
+    if not env.get(key_var):
+        return None
+    if not env.get(endpoint_var):
+        raise ConfigError(endpoint_var, f"required when {key_var} is set (e.g. https://NAME.openai.azure.com)")
+    azure = AzureKeyConfig(endpoint=env[endpoint_var])
+    if env.get(version_var):
+        azure = AzureKeyConfig(endpoint=env[endpoint_var], api_version=env[version_var])
+    key = KeyConfig(name=key_var, value=Secret(header_value(env[key_var], key_var)), azure=azure)
+    return ProviderConfig(id="azure", kind="azure", keys=(key,))
+
+
+def _apply_server_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
+    ctx = Context(env={})
+    changes: dict[str, dict[str, Any]] = {"server": {}, "client": {}}
+    for var, (section_name, name, is_int) in SERVER_ENV.items():
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
+        value: Any = raw
+        if is_int:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(var, "expected an integer") from None
+        table = SERVER if section_name == "server" else CLIENT
+        changes[section_name][name] = table[name].check(value, var, ctx)
+    return replace(
+        config,
+        server=replace(config.server, **changes["server"]),
+        client=replace(config.client, **changes["client"]),
+    )
+
+
+def _kinds_hint(known: frozenset[str]) -> str:
+    return f"; known kinds: {', '.join(sorted(known))}; any other name needs custom_provider_config"
+
+
+def _registry_kinds() -> frozenset[str]:
+    from bifrost_stt.providers.registry import known  # imported on use: the registry imports provider modules
+
+    return known()

@@ -1,0 +1,1 @@
+"""Async transcription jobs: the record, the store shared by worker processes, the runner."""

@@ -1,0 +1,344 @@
+"""Async transcription jobs: the job record, the store the worker processes share, and the runner.
+
+    POST handler ── JobRunner.submit(work) ── store.create (pending) ── task ──┐
+                                                                            │  store.start (processing)
+                                                                            │  work(): router → rendered JSON
+                                                                            └─ store.finish (completed | failed)
+    GET handler  ── JobRunner.lookup(id) ── store.get   (any worker process: the store is one SQLite file)
+
+Why a store shared by processes: with ``serve --workers N`` the poll may land on another process than the
+POST, so job state cannot live in memory. The work itself (the upload and the upstream call) stays in the
+process that accepted the job; only its state and its rendered result travel through the store.
+
+Liveness is a lease: an unfinished job carries ``lease_until``, which its runner renews every
+``lease_seconds / 3``. A job whose lease ran out belongs to a process that died (crash, OOM kill, restart):
+a sweep (at start-up, then every ``sweep_seconds``) and every poll mark it ``failed`` with a 503 saying so.
+A lease, not "fail everything unfinished at start-up", because a restarted worker shares the store with
+live ones whose jobs must not be failed under them.
+
+Finished jobs keep their result for ``result_ttl`` seconds after completion (``expires_at``); expired
+jobs are invisible at once and deleted by the sweep. The first terminal state written wins: a completion
+that arrives after its job was declared lost is dropped, so a poller never sees a result change.
+
+``JobStore`` is the seam for another backend (Postgres, Redis): one module implementing its methods, as
+``bifrost_stt.gateway.jobs.store`` does for SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+import orjson
+
+from bifrost_stt.kernel.errors import GatewayError, Overloaded, envelope
+from bifrost_stt.kernel.settings import ClientConfig
+
+log = logging.getLogger("bifrost_stt.jobs")
+T = TypeVar("T")
+
+PENDING, PROCESSING, COMPLETED, FAILED = "pending", "processing", "completed", "failed"
+MAX_RESULT_TTL = 30 * 24 * 3600  # a longer TTL is clamped: results are not an archive
+MAX_JOB_ID_LENGTH = 128  # ids are uuid4 strings; anything longer cannot exist and is not looked up
+
+
+def utc(timestamp: float) -> str:
+    """RFC 3339 in UTC with milliseconds, as the contract's ``format: date-time`` asks."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One job as stored. ``body`` is the rendered TranscriptionResponse (completed) or BifrostError (failed)."""
+
+    id: str
+    status: str
+    created_at: float
+    result_ttl: int
+    lease_until: float | None = None
+    completed_at: float | None = None
+    expires_at: float | None = None
+    status_code: int | None = None
+    body: bytes | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (COMPLETED, FAILED)
+
+    def response(self) -> dict[str, Any]:
+        """The contract's AsyncJobResponse; the stored body is embedded as is, never parsed again."""
+        out: dict[str, Any] = {"id": self.id, "status": self.status, "created_at": utc(self.created_at)}
+        if self.completed_at is not None:
+            out["completed_at"] = utc(self.completed_at)
+        if self.expires_at is not None:
+            out["expires_at"] = utc(self.expires_at)
+        if self.status_code is not None:
+            out["status_code"] = self.status_code
+        if self.body is not None:
+            out["result" if self.status == COMPLETED else "error"] = orjson.Fragment(self.body)
+        return out
+
+
+class JobStoreFull(Exception):
+    """``create`` refused: ``max_unfinished`` jobs are already pending or processing."""
+
+    def __init__(self, unfinished: int) -> None:
+        super().__init__(f"{unfinished} unfinished jobs")
+        self.unfinished = unfinished
+
+
+class JobStore(Protocol):
+    """Where jobs live. Every method is safe to call from several processes at once."""
+
+    async def open(self) -> None: ...
+
+    async def create(self, job: Job, *, max_unfinished: int, now: float) -> None:
+        """Insert ``job`` unless ``max_unfinished`` live unfinished jobs exist (``JobStoreFull``)."""
+
+    async def get(self, job_id: str, *, now: float) -> Job | None:
+        """The job, or None when unknown or expired."""
+
+    async def start(self, job_id: str, *, lease_until: float) -> bool:
+        """pending → processing; False if the job is no longer pending."""
+
+    async def finish(self, job_id: str, *, status: str, status_code: int, body: bytes, now: float) -> bool:
+        """An unfinished job → ``status``, expiring ``result_ttl`` after ``now``; False if already finished."""
+
+    async def renew(self, job_ids: Collection[str], *, lease_until: float) -> None: ...
+
+    async def fail_stale(self, *, now: float, status_code: int, body: bytes, job_id: str | None = None) -> int:
+        """Fail unfinished jobs whose lease ran out (only ``job_id`` when given); returns how many."""
+
+    async def purge_expired(self, *, now: float) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+# ------------------------------------------------------------------------------------------------ runner
+
+Work = Callable[[], Awaitable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    task: asyncio.Task[None]
+    release: Callable[[], None]
+
+
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` callable any number of times, run once: the upload is closed exactly once."""
+    done = False
+
+    def call() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            fn()
+
+    return call
+
+
+class JobRunner:
+    """Runs this process's jobs in the background and answers for every process's jobs through the store.
+
+    Concurrency is bounded where every other request's is: ``work`` goes through the router, whose
+    per-provider admission queues it. What this bounds is the backlog: at most ``max_pending_jobs``
+    unfinished jobs in the store (503 beyond), since each holds its upload until it runs.
+    """
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        store: JobStore | None = None,
+        lease_seconds: float = 30.0,
+        sweep_seconds: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._lease = lease_seconds
+        self._sweep_every = sweep_seconds
+        self._clock = clock
+        self._tasks: dict[str, _Running] = {}
+        self._maintenance: asyncio.Task[None] | None = None
+        self._unavailable: str | None = "the gateway is starting"
+        self._closing = False
+
+    @property
+    def store(self) -> JobStore | None:
+        return self._store
+
+    def default_ttl(self) -> int:
+        return self._config.async_job_result_ttl
+
+    async def start(self) -> None:
+        """Open the store, fail the jobs of dead processes, purge expired results, start renewing leases.
+
+        A store that cannot be opened stops the start when its path was configured; with the default
+        path it only disables the async routes (503 naming the reason), since most users never call them.
+        """
+        self._closing = False
+        configured = self._config.job_store_path
+        try:
+            if self._store is None:
+                from bifrost_stt.gateway.jobs.store import SQLiteJobStore, default_store_path  # jobs <- job_store
+
+                self._store = SQLiteJobStore(configured or default_store_path())
+            await self._store.open()
+            await self._sweep()
+        except (OSError, sqlite3.Error) as exc:
+            if configured:
+                raise RuntimeError(f"cannot open the async job store {configured}: {exc}") from exc
+            self._unavailable = f"the async job store cannot be opened ({exc}); set client.job_store_path"
+            log.error("async jobs disabled: %s", self._unavailable)
+            return
+        self._unavailable = None
+        self._maintenance = asyncio.create_task(self._maintain(), name="bifrost-stt job leases")
+
+    async def submit(self, work: Work, *, ttl: int | None = None, release: Callable[[], None]) -> Job:
+        """Record a pending job and run ``work`` in the background; ``release`` runs once the job is over
+        (or at once if it is refused), to let go of the upload."""
+        try:
+            store = self._available()
+            now = self._clock()
+            result_ttl = min(ttl if ttl is not None and ttl > 0 else self.default_ttl(), MAX_RESULT_TTL)
+            job = Job(id=str(uuid.uuid4()), status=PENDING, created_at=now, result_ttl=result_ttl,
+                      lease_until=now + self._lease)
+            limit = self._config.max_pending_jobs
+            try:
+                await store.create(job, max_unfinished=limit, now=now)
+            except JobStoreFull as full:
+                raise Overloaded(
+                    f"{full.unfinished} async jobs are waiting or running (client.max_pending_jobs is {limit}); "
+                    "retry later", code="too_many_jobs", headers={"Retry-After": "5"},
+                ) from None
+            except sqlite3.Error as exc:
+                raise self._store_error(exc) from None
+        except BaseException:
+            release()
+            raise
+        release = _once(release)
+        task = asyncio.create_task(self._run(job, work, release), name=f"job {job.id}")
+        self._tasks[job.id] = _Running(task, release)
+        return job
+
+    async def lookup(self, job_id: str) -> Job | None:
+        """The job as any process last wrote it; one whose runner died is failed here, not left running."""
+        store = self._available()
+        if len(job_id) > MAX_JOB_ID_LENGTH:
+            return None
+        now = self._clock()
+        try:
+            job = await store.get(job_id, now=now)
+            if job is not None and not job.finished and job.lease_until is not None and job.lease_until <= now:
+                status, body = _failure(_lost())
+                await store.fail_stale(now=now, status_code=status, body=body, job_id=job_id)
+                job = await store.get(job_id, now=now)
+        except sqlite3.Error as exc:
+            raise self._store_error(exc) from None
+        return job
+
+    async def aclose(self) -> None:
+        """Cancel this process's jobs and record them failed: a shut-down gateway will not finish them."""
+        self._closing = True
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+            self._maintenance = None
+        running = dict(self._tasks)
+        for item in running.values():
+            item.task.cancel()
+        await asyncio.gather(*(item.task for item in running.values()), return_exceptions=True)
+        # A task cancelled before its first step never ran its own clean-up: do it here.
+        status, body = _failure(_shut_down())
+        for job_id, item in list(self._tasks.items()):
+            item.release()
+            if self._store is not None:
+                await self._store.finish(job_id, status=FAILED, status_code=status, body=body, now=self._clock())
+        self._tasks.clear()
+        store, self._store = self._store, None
+        self._unavailable = "the gateway is shutting down"
+        if store is not None:
+            await store.aclose()
+
+    # -- internals ---------------------------------------------------------------------------------------
+
+    def _available(self) -> JobStore:
+        if self._unavailable is not None or self._store is None:
+            raise Overloaded(f"async jobs are unavailable: {self._unavailable or 'no job store'}",
+                             code="job_store_unavailable")
+        return self._store
+
+    def _store_error(self, exc: Exception) -> GatewayError:
+        log.warning("async job store error: %s", exc)
+        return Overloaded(f"the async job store failed ({exc}); retry later", code="job_store_unavailable")
+
+    async def _run(self, job: Job, work: Work, release: Callable[[], None]) -> None:
+        store = self._store
+        assert store is not None
+        try:
+            await store.start(job.id, lease_until=self._clock() + self._lease)
+            status, status_code, body = COMPLETED, 200, await work()
+        except asyncio.CancelledError:
+            status, (status_code, body) = FAILED, _failure(_shut_down())
+        except GatewayError as err:
+            status, (status_code, body) = FAILED, _failure(err)
+        except Exception:
+            log.exception("async job %s failed inside the gateway", job.id)
+            status, (status_code, body) = FAILED, _failure(
+                GatewayError("the job failed inside the gateway; the details are in its log"))
+        finally:
+            release()
+        try:
+            if not await store.finish(job.id, status=status, status_code=status_code, body=body, now=self._clock()):
+                log.warning("async job %s finished after it was declared lost; its result is dropped", job.id)
+        except Exception:
+            log.exception("recording the end of async job %s failed", job.id)
+        finally:
+            self._tasks.pop(job.id, None)
+
+    async def _maintain(self) -> None:
+        next_sweep = self._clock() + self._sweep_every
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                assert self._store is not None
+                await self._store.renew(list(self._tasks), lease_until=self._clock() + self._lease)
+                if self._clock() >= next_sweep:
+                    await self._sweep()
+                    next_sweep = self._clock() + self._sweep_every
+            except Exception as exc:  # the next round retries; a lease outlives two missed renewals
+                log.warning("async job maintenance failed: %s", exc)
+
+    async def _sweep(self) -> None:
+        assert self._store is not None
+        now = self._clock()
+        status, body = _failure(_lost())
+        lost = await self._store.fail_stale(now=now, status_code=status, body=body)
+        purged = await self._store.purge_expired(now=now)
+        if lost:
+            log.warning("%d async jobs were left unfinished by a stopped gateway process; marked failed", lost)
+        if purged:
+            log.debug("purged %d expired async jobs", purged)
+
+
+def _failure(err: GatewayError) -> tuple[int, bytes]:
+    return err.status, orjson.dumps(envelope(err))
+
+
+def _lost() -> GatewayError:
+    return Overloaded("the gateway process running this job stopped before it finished (crash or restart); "
+                      "submit the job again", code="job_lost")
+
+
+def _shut_down() -> GatewayError:
+    return Overloaded("the gateway shut down before this job finished; submit the job again",
+                      code="gateway_shutdown")

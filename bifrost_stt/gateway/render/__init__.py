@@ -1,0 +1,1 @@
+"""Rendering canonical results into the response formats the contract offers."""

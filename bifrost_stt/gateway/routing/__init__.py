@@ -1,0 +1,1 @@
+"""Routing policy: model strings, key choice, admission, retries and fallbacks."""

@@ -1,0 +1,65 @@
+"""What a provider module offers the router: narrow capabilities, not a fat base class.
+
+A provider module exposes a factory ``create(config: ProviderConfig, client: httpx.AsyncClient) -> object``
+(named in ``providers.registry``). The object it returns implements ``Transcriber`` and, when the vendor
+streams natively, ``StreamingTranscriber``. It describes itself with a ``Capabilities`` value.
+
+The router picks a key and the upstream model and hands the provider one ``Attempt``; the provider does one
+wire call, maps its errors into ``bifrost_stt.kernel.errors.UpstreamError`` and returns canonical values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from bifrost_stt.kernel.canonical import StreamEvent, TranscriptionRequest, TranscriptionResult
+from bifrost_stt.kernel.settings import KeyConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    native_formats: frozenset[str]  # response formats the vendor renders itself
+    native_stream: bool  # True when some model streams natively (see ``streams``)
+    word_timestamps: bool
+    segment_timestamps: bool
+    diarization: bool = False
+    max_file_mb: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One wire call: which key and which upstream model (aliases already applied)."""
+
+    key: KeyConfig | None  # None for key-less providers
+    model: str  # the id the vendor expects (an Azure deployment, a Groq model ...)
+    timeout: float  # seconds for the whole call
+    fallback_index: int = 0
+    retry: int = 0
+
+
+@runtime_checkable
+class Transcriber(Protocol):
+    capabilities: Capabilities
+
+    async def transcribe(self, request: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult: ...
+
+
+@runtime_checkable
+class ModelAware(Protocol):
+    def capabilities_for(self, model: str) -> Capabilities:
+        """Capabilities of one model, where a vendor's models differ (the vendor's own otherwise)."""
+        ...
+
+
+@runtime_checkable
+class StreamingTranscriber(Protocol):
+    def streams(self, model: str) -> bool:
+        """True when ``model`` streams natively."""
+        ...
+
+    def stream(self, request: TranscriptionRequest, attempt: Attempt) -> AsyncIterator[StreamEvent]:
+        """Open the upstream stream. Errors before the first event raise UpstreamError from the iterator's
+        first ``__anext__``, so the router can still retry or fall back."""
+        ...

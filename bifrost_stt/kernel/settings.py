@@ -1,0 +1,132 @@
+"""Typed configuration: what ``bifrost_stt.gateway.config.load`` builds from a file or the environment.
+
+Field names follow upstream Bifrost's config.json (BEHAVIOUR.md §7) so a user's file maps one to one.
+Everything here is immutable; secrets are ``Secret`` so a repr, a log line or an error never shows them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+class Secret:
+    """A string that prints as stars. ``reveal()`` is the only way to the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _frozen(mapping: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class AzureKeyConfig:
+    endpoint: str
+    api_version: str = "2024-10-21"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConfig:
+    name: str
+    value: Secret = field(default_factory=lambda: Secret(""))
+    weight: float = 1.0
+    models: tuple[str, ...] = ("*",)  # ("*",) = every model; () = none
+    aliases: Mapping[str, str] = field(default_factory=_frozen)  # model -> deployment / upstream id
+    enabled: bool = True
+    azure: AzureKeyConfig | None = None
+    url: str | None = None  # vllm_key_config.url: a per-key server
+    model_name: str | None = None  # vllm_key_config.model_name
+
+    def allows(self, model: str) -> bool:
+        return self.enabled and ("*" in self.models or model in self.models)
+
+    def upstream_model(self, model: str) -> str:
+        return self.aliases.get(model, model)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    base_url: str | None = None  # None: the provider's public default
+    extra_headers: Mapping[str, str] = field(default_factory=_frozen)
+    default_request_timeout_in_seconds: float = 30.0
+    connect_timeout_in_seconds: float = 10.0
+    max_retries: int = 0
+    retry_backoff_initial: int = 500  # ms
+    retry_backoff_max: int = 5000  # ms
+    stream_idle_timeout_in_seconds: float = 60.0
+    max_conns_per_host: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyConfig:
+    concurrency: int = 1000  # requests in flight to this provider
+    buffer_size: int = 5000  # requests allowed to wait for a slot
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    id: str  # the name requests use ("openai", "azure", or a custom provider's name)
+    kind: str  # the registry entry implementing it (== id for built-ins; base_provider_type for custom)
+    keys: tuple[KeyConfig, ...] = ()
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
+    allow_direct_keys: bool = False
+    is_key_less: bool = False
+    store_raw_request_response: bool = False  # accepted from upstream files; nothing stores raw bodies yet
+    # custom_provider_config.request_path_overrides: request type ("transcription", ...) -> path on base_url
+    request_path_overrides: Mapping[str, str] = field(default_factory=_frozen)
+    # custom_provider_config.allowed_requests, the request types set true; None = every type (upstream default)
+    allowed_requests: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    max_request_body_size_mb: int = 100
+    drop_excess_requests: bool = False
+    async_job_result_ttl: int = 3600
+    job_store_path: str | None = None  # SQLite file shared by the workers; None: a per-user temp dir
+    max_pending_jobs: int = 256  # unfinished async jobs (each holds its upload) before POST answers 503
+    allowed_origins: tuple[str, ...] = ()
+    reject_non_audio: bool = True  # refuse uploads that are clearly not audio before any upstream call
+    spool_threshold_kb: int = 1024  # uploads larger than this are spooled to disk
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    log_level: str = "info"
+    spec_dir: str | None = None  # `serve --spec-dir`: a directory holding the OpenAPI document; None = bundled
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    providers: Mapping[str, ProviderConfig] = field(default_factory=lambda: MappingProxyType({}))
+    client: ClientConfig = field(default_factory=ClientConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    ignored_sections: tuple[str, ...] = ()  # upstream sections accepted but not used here
+    # upstream settings that would change behaviour but have no effect here (insecure_skip_verify, proxy_config ...)
+    unsupported_fields: tuple[str, ...] = ()

@@ -1,0 +1,1 @@
+"""The top: the app factory and the command line."""

@@ -1,0 +1,270 @@
+"""The ``bifrost-stt`` command: CLI → typed config → server, in that order.
+
+``serve`` validates the whole configuration before uvicorn starts, so a bad file is one line on stderr and
+exit status 2, never a traceback from inside a worker. Workers rebuild the same config from two environment
+variables (``BIFROST_STT_CONFIG``, ``BIFROST_STT_OVERRIDES``) via ``bifrost_stt.gateway.config.load.config_from_environ``:
+uvicorn imports the app factory by name in each worker process, so nothing else can carry it across.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from bifrost_stt.gateway.config.load import CONFIG_ENV, OVERRIDES_ENV, ConfigError, apply_overrides, load_config
+from bifrost_stt.gateway.config.schema import LOG_LEVELS
+from bifrost_stt.kernel.settings import GatewayConfig
+
+EXIT_CONFIG = 2  # same status argparse uses for a usage error
+APP_FACTORY = "bifrost_stt.server.app:app_factory"
+# Extra seconds in-flight requests get on SIGTERM beyond the longest provider timeout, so a transcription
+# that is still within its timeout completes instead of being cut.
+SHUTDOWN_MARGIN_SECONDS = 5
+
+log = logging.getLogger("bifrost_stt")
+
+CONFIG_HELP = (
+    "config file in upstream Bifrost's config.json shape, JSON or YAML (by extension, else by content). "
+    "Without it, providers come from <KIND>_API_KEY / <KIND>_BASE_URL variables (Azure: AZURE_OPENAI_API_KEY "
+    "and AZURE_OPENAI_ENDPOINT). Default: $BIFROST_STT_CONFIG if set."
+)
+
+
+def _version() -> str:
+    try:
+        return version("bifrost-stt")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bifrost-stt",
+        description="Speech-to-text gateway serving Bifrost's transcription API in front of OpenAI, Azure, "
+        "Groq and other providers. Configuration: docs/configuration.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="validate the configuration, then run the HTTP server",
+        description="Validate the configuration, log ignored and unsupported settings once, then run uvicorn. "
+        "Command-line values win over BIFROST_STT_HOST/PORT and the file's `server` section.",
+    )
+    serve.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.add_argument("--log-level", choices=LOG_LEVELS, help="log level (default info)")
+    serve.add_argument("--spec-dir", metavar="DIR", help="directory holding the OpenAPI document to serve "
+                       "(default: the bundled one)")
+    serve.set_defaults(handler=_serve)
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate the configuration and print a summary (never key values)",
+        description="Load the configuration as `serve` would and print providers, key names, models and the "
+        "settings that are ignored or unsupported. Exit status 0 when valid, 2 otherwise.",
+    )
+    check.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    check.set_defaults(handler=_check_config)
+
+    caps = commands.add_parser(
+        "capabilities",
+        help="print the provider capability matrix (native formats, streaming, timestamps, diarization)",
+        description="Print, as Markdown, what each registered provider does natively. Formats and streaming "
+        "a provider lacks are still served: the gateway renders and streams them itself.",
+    )
+    caps.set_defaults(handler=_capabilities)
+
+    sync = commands.add_parser(
+        "spec-sync",
+        help="regenerate openapi/bifrost.yaml from a newer upstream Bifrost OpenAPI document",
+        description="Cut the transcription operations and the components they use out of an upstream "
+        "Bifrost OpenAPI 3.1 document (JSON or YAML) and write them as the project's document. Our own "
+        "deltas stay in openapi/overlay.yaml; the merged contract is checked before anything is written.",
+    )
+    sync.add_argument("upstream", metavar="UPSTREAM", help="path of the upstream document")
+    sync.add_argument("--out", metavar="PATH", help="where to write (default: openapi/bifrost.yaml of the checkout you are in; "
+                      "outside a checkout --out is required)")
+    sync.add_argument("--check", action="store_true",
+                      help="write nothing; exit 1 when the document's operations or schemas (prose aside) differ "
+                      "from what upstream gives")
+    sync.set_defaults(handler=_spec_sync)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.handler(args)
+    except ConfigError as exc:
+        print(f"bifrost-stt: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return status
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    return args.config or os.environ.get(CONFIG_ENV) or None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    overrides: dict[str, Any] = {
+        "host": args.host, "port": args.port, "workers": args.workers,
+        "log_level": args.log_level, "spec_dir": args.spec_dir,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    config = apply_overrides(load_config(path, os.environ), overrides)
+    preflight(config)
+    server = config.server
+    logging.basicConfig(level=server.log_level.upper() if server.log_level != "trace" else 5,
+                        format="%(levelname)s:     %(message)s")
+    _log_reports(config)
+    if not config.providers:
+        log.warning("no provider is configured: every transcription request will fail (see docs/configuration.md)")
+    os.environ[CONFIG_ENV] = os.path.abspath(path) if path else ""
+    os.environ[OVERRIDES_ENV] = json.dumps(overrides)
+
+    import uvicorn  # imported here so `check-config` and `--help` stay fast
+
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=server.host,
+        port=server.port,
+        workers=server.workers,
+        lifespan="on",  # a broken wiring must stop the start, not turn every request into a 500
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "auto",
+        http="httptools" if importlib.util.find_spec("httptools") else "auto",
+        log_level=server.log_level,
+        # X-Forwarded-* rewriting wraps every request in one more middleware and nothing here reads the
+        # client address or scheme: off (uvicorn's default is on).
+        proxy_headers=False,
+        timeout_graceful_shutdown=_shutdown_timeout(config),
+    )
+    return 0
+
+
+def _shutdown_timeout(config: GatewayConfig) -> int:
+    timeouts = [p.network.default_request_timeout_in_seconds for p in config.providers.values()]
+    return int(max(timeouts, default=30.0)) + SHUTDOWN_MARGIN_SECONDS
+
+
+def _log_reports(config: GatewayConfig) -> None:
+    if config.ignored_sections:
+        log.info("ignored upstream settings (not used for transcription): %s", ", ".join(config.ignored_sections))
+    if config.unsupported_fields:
+        log.warning("unsupported settings (accepted, no effect here): %s", ", ".join(config.unsupported_fields))
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    config = load_config(path, os.environ)
+    preflight(config)
+    print("\n".join(summary(config, path)))
+    return 0
+
+
+def preflight(config: GatewayConfig) -> None:
+    """What would otherwise fail inside a worker with a traceback, checked first as a ConfigError:
+    the served contract (``server.spec_dir``) must load, and a configured job store must open."""
+    from pathlib import Path
+    import sqlite3
+
+    from bifrost_stt.gateway.contract import loading as spec
+
+    spec_dir = config.server.spec_dir
+    try:
+        spec.to_connexion(spec.load_contract(Path(spec_dir)) if spec_dir else spec.load_contract())
+    except (OSError, spec.ContractError, ValueError) as exc:
+        raise ConfigError("server.spec_dir", f"the OpenAPI document there cannot be served: {exc}") from None
+    store = config.client.job_store_path
+    if store:
+        try:
+            sqlite3.connect(store).close()
+        except sqlite3.Error as exc:
+            raise ConfigError("client.job_store_path", f"cannot open {store}: {exc}") from None
+
+
+def _capabilities(_args: argparse.Namespace) -> int:
+    from bifrost_stt.providers.matrix import render_matrix
+
+    print(render_matrix())
+    return 0
+
+
+def _spec_sync(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from bifrost_stt.gateway.contract import loading as spec
+    from bifrost_stt.gateway.contract.sync import contract_shape, sync, to_yaml
+
+    try:
+        upstream = yaml.safe_load(Path(args.upstream).read_text(encoding="utf-8"))
+        document = sync(upstream)
+        overlay = yaml.safe_load((spec.OPENAPI_DIR / "overlay.yaml").read_text(encoding="utf-8"))
+        spec.to_connexion(spec.apply_overlay(document, overlay))  # the merged contract must still build
+    except (OSError, yaml.YAMLError, spec.ContractError) as exc:
+        print(f"bifrost-stt: spec-sync: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    checkout = spec.checkout_openapi_dir()
+    if args.out:
+        out = Path(args.out)
+    elif checkout is not None:
+        out = checkout / spec.CONTRACT_FILE
+    else:
+        print("bifrost-stt: spec-sync: not inside a bifrost-stt checkout; say where to write with --out PATH "
+              "(an installed package is never rewritten)", file=sys.stderr)
+        return EXIT_CONFIG
+    text = to_yaml(document)
+    if args.check:
+        current = yaml.safe_load(out.read_text(encoding="utf-8")) if out.exists() else None
+        if contract_shape(current) != contract_shape(document):
+            print(f"{out} differs from what {args.upstream} gives; run without --check to rewrite it")
+            return 1
+        print(f"{out} is in sync with {args.upstream}")
+        return 0
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out} ({len(document.get('paths', {}))} paths)")
+    return 0
+
+
+def summary(config: GatewayConfig, path: str | None) -> list[str]:
+    """Human-readable lines describing ``config``; key values never appear, only key names."""
+    lines = [f"configuration: {path or 'environment variables (no file)'}: valid"]
+    if not config.providers:
+        lines.append("providers: none configured")
+    for pid, provider in config.providers.items():
+        kind = "" if provider.kind == pid else f" (custom, kind {provider.kind})"
+        lines.append(f"provider {pid}{kind}: base_url {provider.network.base_url or 'default'}"
+                     + (", key-less" if provider.is_key_less else ""))
+        for key in provider.keys:
+            models = ", ".join(key.models) if key.models else "none"
+            extra = "" if key.enabled else ", disabled"
+            if key.aliases:
+                extra += ", aliases " + ", ".join(f"{m} -> {d}" for m, d in key.aliases.items())
+            if key.azure is not None:
+                extra += f", endpoint {key.azure.endpoint}, api_version {key.azure.api_version}"
+            lines.append(f"  key {key.name}: weight {key.weight:g}, models {models}{extra}")
+    server = config.server
+    lines.append(f"server: {server.host}:{server.port}, workers {server.workers}, log level {server.log_level}")
+    lines.append(f"client: max body {config.client.max_request_body_size_mb} MB")
+    if config.ignored_sections:
+        lines.append("ignored (not used for transcription): " + ", ".join(config.ignored_sections))
+    if config.unsupported_fields:
+        lines.append("unsupported (accepted, no effect here): " + ", ".join(config.unsupported_fields))
+    return lines
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,1 +1,0 @@
-"""Composition of the gateway: configuration, contract loading, app factory, CLI, routing policy, formats."""
