@@ -8,6 +8,7 @@ import pytest
 
 from bifrost_stt import handlers
 from bifrost_stt.gateway.contract import loading as spec
+from bifrost_stt.gateway.contract.operations import SERVED
 from bifrost_stt.server.app import create_app, missing_handlers
 from bifrost_stt.gateway.compose import Gateway
 from bifrost_stt.kernel.settings import GatewayConfig
@@ -19,6 +20,11 @@ def test_every_operation_in_the_contract_has_a_handler() -> None:
     missing = missing_handlers(contract, table)
     assert missing == [], f"operations without a handler: {missing}"
     assert {op for _, _, op in spec.operations(contract)} <= set(table)
+
+
+def test_the_served_contract_holds_exactly_the_served_operation_list() -> None:
+    served = sorted(op for _, _, op in spec.operations(spec.load_contract()))
+    assert served == sorted(set(SERVED)), "openapi/ and bifrost_stt.gateway.contract.operations disagree"
 
 
 def test_an_operation_without_handler_stops_the_start_naming_it() -> None:

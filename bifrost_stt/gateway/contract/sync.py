@@ -20,23 +20,14 @@ from typing import Any
 import yaml
 
 from bifrost_stt.gateway.contract.loading import HTTP_METHODS, ContractError
+from bifrost_stt.gateway.contract.operations import FROM_UPSTREAM
 
-TRANSCRIPTION_OPERATION_IDS = (
-    "createTranscription",
-    "createAsyncTranscription",
-    "getAsyncTranscriptionJob",
-    "openaiCreateTranscription",
-    "azureCreateTranscription",
-    "litellmOpenAITranscriptions",
-    "langchainOpenAITranscriptions",
-    "pydanticaiOpenAITranscriptions",
-)
 # Upstream inlines the streamed event schema in every operation; our overlay refers to it by name.
 STREAM_EVENT_COMPONENT = "TranscriptionStreamResponse"
 
 
 def sync(
-    upstream_doc: dict[str, Any], operation_ids: tuple[str, ...] = TRANSCRIPTION_OPERATION_IDS
+    upstream_doc: dict[str, Any], operation_ids: tuple[str, ...] = FROM_UPSTREAM
 ) -> dict[str, Any]:
     """A fresh 3.1 document with upstream's ``operation_ids`` and every component they reach.
 

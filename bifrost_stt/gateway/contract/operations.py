@@ -1,0 +1,24 @@
+"""The operations this gateway serves: the one list in the repository.
+
+``spec-sync`` cuts exactly ``FROM_UPSTREAM`` (and the components they reach) out of upstream's document;
+``openapi/overlay.yaml`` adds ``OURS``; the app refuses to start, and a test fails naming it, when an
+operation in the served contract has no handler. Serving a new upstream operation starts here.
+"""
+
+from __future__ import annotations
+
+# Taken from upstream's document as it defines them (paths, parameters, schemas); our prose.
+FROM_UPSTREAM: tuple[str, ...] = (
+    "createTranscription",
+    "createAsyncTranscription",
+    "getAsyncTranscriptionJob",
+    "openaiCreateTranscription",
+    "azureCreateTranscription",
+    "litellmOpenAITranscriptions",
+    "langchainOpenAITranscriptions",
+    "pydanticaiOpenAITranscriptions",
+)
+# Declared by openapi/overlay.yaml (upstream's /health has another shape).
+OURS: tuple[str, ...] = ("getHealth",)
+
+SERVED: tuple[str, ...] = FROM_UPSTREAM + OURS
