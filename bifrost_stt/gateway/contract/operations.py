@@ -18,7 +18,7 @@ FROM_UPSTREAM: tuple[str, ...] = (
     "langchainOpenAITranscriptions",
     "pydanticaiOpenAITranscriptions",
 )
-# Declared by openapi/overlay.yaml (upstream's /health has another shape).
-OURS: tuple[str, ...] = ("getHealth",)
+# Declared by openapi/overlay.yaml: our /health (upstream's has another shape) and the /openai/audio alias.
+OURS: tuple[str, ...] = ("getHealth", "openaiCreateTranscriptionAlias")
 
 SERVED: tuple[str, ...] = FROM_UPSTREAM + OURS
