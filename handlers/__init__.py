@@ -8,6 +8,7 @@ from typing import Any
 from bifrost_stt.gateway.compose import Gateway
 from bifrost_stt.handlers.health import HealthHandlers
 from bifrost_stt.handlers.jobs import JobHandlers
+from bifrost_stt.handlers.operate import OperateHandlers
 from bifrost_stt.handlers.transcriptions import TranscriptionHandlers
 
 
@@ -17,4 +18,5 @@ def operations(gateway: Gateway) -> dict[str, Callable[..., Awaitable[Any]]]:
     }
     table.update(TranscriptionHandlers(gateway).operations())
     table.update(JobHandlers(gateway).operations())
+    table.update(OperateHandlers(gateway).operations())
     return table

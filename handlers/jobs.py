@@ -17,11 +17,13 @@ from typing import Any
 from starlette.responses import Response
 
 from bifrost_stt.kernel.canonical import TranscriptionRequest
-from bifrost_stt.kernel.errors import ClientError, NotFound
+from bifrost_stt.kernel.errors import ClientError, GatewayError, NotFound, envelope
+from bifrost_stt.kernel.record import current
 from bifrost_stt.gateway.jobs.runner import COMPLETED, FAILED, MAX_RESULT_TTL
 from bifrost_stt.gateway.compose import Gateway
 from bifrost_stt.handlers import outbound
 from bifrost_stt.handlers.inbound import UNIFIED, build_request, current_form
+from bifrost_stt.handlers.recording import note_request, note_result
 
 TTL_HEADER = "x-bf-async-job-result-ttl"
 JOBS_PATH = "/v1/async/audio/transcriptions"
@@ -51,6 +53,10 @@ class JobHandlers:
                     "stream is not supported for async transcriptions; drop stream, or use "
                     "POST /v1/audio/transcriptions to stream", param="stream",
                 )
+            note_request(request)
+            record = current()
+            if record is not None:
+                record.detached = True  # the job finishes the record, not the 202
             # The job owns the upload from here: taken out of the form, whose close() must not close it.
             audio = form.files.pop("file")
             runner = self.gateway.jobs
@@ -59,6 +65,8 @@ class JobHandlers:
                 ttl=result_ttl(headers, runner.default_ttl()),
                 release=audio.close,
             )
+            if record is not None:
+                record.id = job.id  # the job's log entry answers GET /api/logs/{job id}
         finally:
             form.close()
         return outbound.json_response(job.response(), 202, {"location": f"{JOBS_PATH}/{job.id}"})
@@ -67,7 +75,23 @@ class JobHandlers:
         gateway = self.gateway
 
         async def transcribe() -> bytes:
-            result, served = await gateway.router.transcribe(request)
+            record = current()  # the POST's record: the job's task inherited its context
+            try:
+                result, served = await gateway.router.transcribe(request)
+            except GatewayError as err:
+                if record is not None:
+                    record.finish(err.status, envelope(err))
+                    gateway.finish(record)
+                raise
+            except BaseException:  # cancelled (shutdown): the job ends failed with a 503
+                if record is not None:
+                    record.finish(503, {"status_code": 503, "error": {"message": "the job was interrupted"}})
+                    gateway.finish(record)
+                raise
+            note_result(request, result)
+            if record is not None:
+                record.finish(200)
+                gateway.finish(record)
             response = outbound.result_response(
                 result,
                 served,

@@ -15,7 +15,10 @@ from starlette.types import Receive, Scope, Send
 from bifrost_stt.gateway.render import formats
 from bifrost_stt.kernel.canonical import TEXT_FORMATS, StreamDelta, StreamEvent, TranscriptionResult
 from bifrost_stt.kernel.errors import GatewayError, UpstreamTimeout, envelope
+from bifrost_stt.gateway.observe import metrics
 from bifrost_stt.gateway.routing.router import Served
+from bifrost_stt.handlers.recording import note_stream_done, note_stream_error
+from bifrost_stt.kernel.record import current
 
 log = logging.getLogger("bifrost_stt.handlers")
 
@@ -118,6 +121,7 @@ async def sse_events(
     """
     previous = served.started
     index = 0
+    record = current()
     try:
         while True:
             try:
@@ -132,6 +136,13 @@ async def sse_events(
                     provider=served.provider, model=served.model,
                 ) from None
             now = time.perf_counter()
+            if record is not None:
+                if index == 0:
+                    record.first_token_ms = (now - record.started) * 1000.0
+                elif isinstance(event, StreamDelta):
+                    metrics.inter_token(record, now - previous)
+                if not isinstance(event, StreamDelta):
+                    note_stream_done(event.text, event.usage)
             since = previous if isinstance(event, StreamDelta) else served.started
             extra = extra_fields(served, kind, latency_ms=int((now - since) * 1000), chunk_index=index)
             previous = now
@@ -142,11 +153,14 @@ async def sse_events(
         # an enum of kinds, and a custom provider's own name (its config id) is not one of them.
         err.provider = kind
         err.model = err.model or served.model
+        note_stream_error(err)
         yield _event(envelope(err))
         return
     except Exception:  # a bug of ours mid-stream: tell the client once, keep the trace in the log
         log.exception("stream failed")
-        yield _event(envelope(GatewayError("the stream failed inside the gateway; the details are in its log")))
+        failure = GatewayError("the stream failed inside the gateway; the details are in its log")
+        note_stream_error(failure)
+        yield _event(envelope(failure))
         return
     finally:
         await _close(events)

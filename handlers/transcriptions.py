@@ -13,6 +13,7 @@ from starlette.responses import Response
 from bifrost_stt.gateway.compose import Gateway
 from bifrost_stt.handlers import outbound
 from bifrost_stt.handlers.inbound import AZURE, INTEGRATION, UNIFIED, Route, build_request, current_form
+from bifrost_stt.handlers.recording import note_request, note_result
 
 T = TypeVar("T")
 log = logging.getLogger("bifrost_stt.handlers")
@@ -54,6 +55,7 @@ class TranscriptionHandlers:
         form, headers = current_form()
         try:
             request, original = build_request(self.gateway, form, headers, route, deployment=deployment)
+            note_request(request)
             router = self.gateway.router
             kind = self.gateway.kind_of
             if request.stream:
@@ -67,6 +69,7 @@ class TranscriptionHandlers:
                     original_model=original,
                 )
             result, served = await cancel_on_disconnect(router.transcribe(request))
+            note_result(request, result)
             return outbound.result_response(
                 result,
                 served,

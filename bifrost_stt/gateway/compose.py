@@ -10,7 +10,11 @@ import logging
 from typing import Any
 
 from bifrost_stt.kernel.errors import Overloaded
+from bifrost_stt.kernel.record import RequestRecord
+from bifrost_stt.gateway.access import Access
 from bifrost_stt.gateway.jobs.runner import JobRunner
+from bifrost_stt.gateway.observe import logline, metrics
+from bifrost_stt.gateway.stores.logs import LogSink
 from bifrost_stt.gateway.routing.router import ProviderSlot, Router
 from bifrost_stt.kernel.settings import GatewayConfig
 from bifrost_stt.providers import registry
@@ -29,6 +33,8 @@ class Gateway:
         self._configured = frozenset(config.providers)
         self._known = provider_ids | registry.known() | self._configured
         self.jobs = JobRunner(config.client)  # async transcription jobs; started and stopped with the gateway
+        self.access = Access(config.auth)  # who may call what (admin basic auth; governance adds virtual keys)
+        self.logs = LogSink(config.logs_store, config.client, on_drop=metrics.dropped)  # the request-log store
 
     @property
     def known_providers(self) -> frozenset[str]:
@@ -58,10 +64,24 @@ class Gateway:
             slots[provider_id] = ProviderSlot(cfg, impl, drop_excess=self.config.client.drop_excess_requests)
         self._router = Router(slots)
         log.info("providers ready: %s", ", ".join(sorted(slots)) or "none (configure one: see README)")
+        metrics.keys_configured((pid, key.name) for pid, cfg in self.config.providers.items()
+                                for key in cfg.keys if key.enabled)
         await self.jobs.start()
+        await self.logs.start()
+
+    def finish(self, record: RequestRecord, method: str = "POST") -> None:
+        """A request ended: metrics, the request-log store (queued, never waits) and the request line.
+        An observer's failure is logged and never reaches the client."""
+        try:
+            metrics.observe(record)
+            self.logs.submit(record)
+            logline.emit(record, method)
+        except Exception:
+            log.exception("recording a finished request failed")
 
     async def aclose(self) -> None:
         await self.jobs.aclose()  # first: cancelling jobs ends their upstream calls before the clients close
+        await self.logs.aclose()  # after the jobs: their records are queued by now
         clients, self._clients = self._clients, []
         for client in clients:
             try:

@@ -25,6 +25,7 @@ Status = Literal["processing", "success", "error"]
 @dataclass(slots=True)
 class RequestRecord:
     operation: str  # the operationId served
+    route: str | None = None  # the path template it came in on ("/v1/audio/transcriptions")
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.perf_counter)
@@ -58,6 +59,8 @@ class RequestRecord:
     cost: float | None = None  # USD; None means unknown, never "free"
     output_text: str | None = None
     pieces: int | None = None  # long audio: how many pieces served it
+    # the work outlives the HTTP response (an async job): whoever set this finishes and emits the record
+    detached: bool = False
 
     def finish(self, status_code: int, error: dict[str, Any] | None = None) -> None:
         """Close the record: success for 2xx, error otherwise; latency measured from ``started``."""

@@ -111,6 +111,41 @@ class ClientConfig:
     allowed_origins: tuple[str, ...] = ()
     reject_non_audio: bool = True  # refuse uploads that are clearly not audio before any upstream call
     spool_threshold_kb: int = 1024  # uploads larger than this are spooled to disk
+    enable_logging: bool = True  # record each request in the log store (when logs_store is enabled)
+    disable_content_logging: bool = False  # keep usage and metadata, drop the transcript text
+    log_retention_days: int = 365  # upstream's client-level retention; logs_store.retention_days wins
+
+
+@dataclass(frozen=True, slots=True)
+class LogsStoreConfig:
+    """``logs_store``: where request records go. SQLite (``path``) or PostgreSQL (host ... ssl_mode)."""
+
+    enabled: bool = False
+    type: str = "sqlite"  # sqlite | postgres
+    path: str | None = None  # sqlite file; None: logs.db in the per-user state directory
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = ""
+    password: Secret = field(default_factory=lambda: Secret(""))
+    db_name: str = ""
+    ssl_mode: str = "disable"
+    retention_days: int | None = None  # None: client.log_retention_days
+    max_rows: int | None = None  # our own: keep at most this many records (oldest dropped first)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``governance.auth_config``: HTTP basic auth for /api/*, /metrics and (by default) inference."""
+
+    is_enabled: bool = False
+    admin_username: str = ""
+    admin_password: Secret = field(default_factory=lambda: Secret(""))
+    disable_auth_on_inference: bool = False
+
+    @property
+    def active(self) -> bool:
+        """On, with a username and a password: without both there is nothing to check against."""
+        return self.is_enabled and bool(self.admin_username) and bool(self.admin_password)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +155,7 @@ class ServerConfig:
     workers: int = 1
     log_level: str = "info"
     spec_dir: str | None = None  # `serve --spec-dir`: a directory holding the OpenAPI document; None = bundled
+    log_format: str = "text"  # text | json: the per-request line and the gateway's own log lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +163,8 @@ class GatewayConfig:
     providers: Mapping[str, ProviderConfig] = field(default_factory=lambda: MappingProxyType({}))
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    logs_store: LogsStoreConfig = field(default_factory=LogsStoreConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)  # governance.auth_config
     ignored_sections: tuple[str, ...] = ()  # upstream sections accepted but not used here
     # upstream settings that would change behaviour but have no effect here (insecure_skip_verify, proxy_config ...)
     unsupported_fields: tuple[str, ...] = ()

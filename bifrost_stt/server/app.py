@@ -54,6 +54,7 @@ from bifrost_stt.gateway.contract.multipart import UploadLimits, make_validator_
 from bifrost_stt.gateway.compose import Gateway
 from bifrost_stt.kernel.settings import GatewayConfig
 from bifrost_stt.gateway.contract.validation import validator_map
+from bifrost_stt.server.operate import Operate, RouteTable
 
 log = logging.getLogger("bifrost_stt")
 DOCS_PATH = "/docs"
@@ -109,7 +110,7 @@ ROUTE_HEADERS = ("x-bifrost-provider", "x-bifrost-original-model", "x-bifrost-re
                  "x-bifrost-fallback-index", "location", "retry-after")
 
 
-def middleware_stack(contract_body: bytes, allowed_origins: tuple[str, ...] = ()) -> list[Any]:
+def middleware_stack(contract_body: bytes, allowed_origins: tuple[str, ...] = (), operate: Any = None) -> list[Any]:
     """Connexion's default middlewares, with ours inserted, minus what costs without serving us.
 
     Dropped: ``SecurityMiddleware``. The gateway enforces no authentication (the overlay gives every
@@ -128,6 +129,8 @@ def middleware_stack(contract_body: bytes, allowed_origins: tuple[str, ...] = ()
     stack[0] = functools.partial(ServerErrorMiddleware, handler=render_error)
     stack.insert(2, functools.partial(ContractEndpoint, body=contract_body))
     stack.insert(3, LowerCaseMediaType)
+    if operate is not None:  # access, request records, HTTP metrics: inside the guard, outside everything else
+        stack.insert(1, operate)
     if allowed_origins:
         stack.insert(1, functools.partial(
             BifrostCORS, allow_origins=list(allowed_origins), allow_methods=["GET", "POST"],
@@ -274,6 +277,13 @@ def render_error(_request: ConnexionRequest, exc: Exception) -> ConnexionRespons
     )
 
 
+def _static_paths_first(document: dict[str, Any]) -> dict[str, Any]:
+    """Routes are matched in document order: ``/api/logs/stats`` must come before ``/api/logs/{id}``."""
+    paths = document.get("paths", {})
+    ordered = sorted(paths, key=lambda path: "{" in path)  # stable: the document's order otherwise
+    return {**document, "paths": {path: paths[path] for path in ordered}}
+
+
 def create_app(
     config: GatewayConfig,
     *,
@@ -305,12 +315,14 @@ def create_app(
         reject_non_audio=config.client.reject_non_audio,
     )
     swagger = SwaggerUIOptions(serve_spec=False, swagger_ui=True, swagger_ui_path=DOCS_PATH, spec_path="/openapi.json")
-    app = AsyncApp(__name__, lifespan=lifespan, middlewares=middleware_stack(orjson.dumps(contract), config.client.allowed_origins),
+    operate = functools.partial(Operate, gateway=gateway, routes=RouteTable(spec.operations(contract)))
+    app = AsyncApp(__name__, lifespan=lifespan,
+                   middlewares=middleware_stack(orjson.dumps(contract), config.client.allowed_origins, operate),
                    swagger_ui_options=swagger)
     # Operations decorate their handler once (_DecorateOnce); set before add_api creates them.
     app._middleware_app.api_cls = _DecoratedOnceApi
     app.add_api(
-        spec.to_connexion(contract),
+        _static_paths_first(spec.to_connexion(contract)),
         resolver=Resolver(function_resolver=table.__getitem__),
         validate_responses=True,
         strict_validation=False,

@@ -37,10 +37,12 @@ from bifrost_stt.gateway.config.schema import (
 )
 from bifrost_stt.kernel.settings import (
     AzureKeyConfig,
+    AuthConfig,
     ClientConfig,
     ConcurrencyConfig,
     GatewayConfig,
     KeyConfig,
+    LogsStoreConfig,
     NetworkConfig,
     ProviderConfig,
     ServerConfig,
@@ -68,7 +70,7 @@ SERVER_ENV: Mapping[str, tuple[str, str, bool]] = {
     "BIFROST_STT_MAX_BODY_MB": ("client", "max_request_body_size_mb", True),
 }
 
-OVERRIDABLE = ("host", "port", "workers", "log_level", "spec_dir")
+OVERRIDABLE = ("host", "port", "workers", "log_level", "spec_dir", "log_format")
 
 
 def load_config(
@@ -153,9 +155,33 @@ def from_document(document: Any, env: Mapping[str, str], known_kinds: frozenset[
         providers=MappingProxyType(providers),
         client=ClientConfig(**client),
         server=ServerConfig(**top.get("server", {})),
+        logs_store=_logs_store(top.get("logs_store", {})),
+        auth=_auth(top.get("governance", {}).get("auth_config", {})),
         ignored_sections=tuple(dict.fromkeys(ctx.ignored)),
         unsupported_fields=tuple(dict.fromkeys(ctx.unsupported)),
     )
+
+
+def _logs_store(fields: dict[str, Any]) -> LogsStoreConfig:
+    fields = dict(fields)
+    conn = dict(fields.pop("config", {}))
+    if "password" in conn:
+        conn["password"] = Secret(conn["password"])
+    store = LogsStoreConfig(**fields, **conn)
+    if store.enabled and store.type == "postgres" and not store.db_name:
+        raise ConfigError("logs_store.config.db_name", "required when logs_store.type is postgres")
+    return store
+
+
+def _auth(fields: dict[str, Any]) -> AuthConfig:
+    if "admin_password" in fields:
+        fields = {**fields, "admin_password": Secret(fields["admin_password"])}
+    auth = AuthConfig(**fields)
+    if auth.is_enabled:
+        for name in ("admin_username", "admin_password"):
+            if not getattr(auth, name):
+                raise ConfigError(f"governance.auth_config.{name}", "required when is_enabled is true")
+    return auth
 
 
 def _provider(

@@ -350,6 +350,9 @@ CLIENT: Mapping[str, Field] = {
     "spool_threshold_kb": Field(integer(minimum=0)),  # our own addition
     "job_store_path": Field(string(non_empty=True)),  # our own addition: the async jobs' SQLite file
     "max_pending_jobs": Field(integer(minimum=1)),  # our own addition
+    "enable_logging": Field(boolean),
+    "disable_content_logging": Field(boolean),
+    "log_retention_days": Field(integer(minimum=1)),
     # would change who may call the gateway: reported when true, since nothing here enforces it
     "enforce_auth_on_inference": Field(boolean, use="unsupported"),
     "enforce_governance_header": Field(boolean, use="unsupported"),
@@ -358,9 +361,9 @@ CLIENT: Mapping[str, Field] = {
     **{
         name: Field(use="ignore")
         for name in (
-            "initial_pool_size", "prometheus_labels", "enable_logging", "disable_content_logging",
+            "initial_pool_size", "prometheus_labels",
             "allow_per_request_content_storage_override", "allow_per_request_raw_override",
-            "disable_db_pings_in_health", "dump_errors_in_console_logs", "webhook_config", "log_retention_days",
+            "disable_db_pings_in_health", "dump_errors_in_console_logs", "webhook_config",
             "dual_credential_conflict_behavior", "compat", "header_filter_config", "logging_headers",
             "whitelisted_routes", "hide_deleted_virtual_keys_in_filters", "allowed_headers", "mcp_agent_depth",
             "mcp_tool_execution_timeout", "mcp_code_mode_binding_level", "mcp_tool_sync_interval",
@@ -371,6 +374,48 @@ CLIENT: Mapping[str, Field] = {
 }
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
+
+# logs_store.config: a SQLite file, or a PostgreSQL server (upstream's field names).
+LOGS_STORE_CONFIG: Mapping[str, Field] = {
+    "path": Field(string(env=True, non_empty=True)),
+    "host": Field(string(env=True, non_empty=True)),
+    "port": Field(integer(minimum=1, maximum=65535)),
+    "user": Field(string(env=True)),
+    "password": Field(string(env=True)),
+    "db_name": Field(string(env=True, non_empty=True)),
+    "ssl_mode": Field(string(choices=("disable", "allow", "prefer", "require", "verify-ca", "verify-full"))),
+    "max_idle_conns": Field(use="ignore"),
+    "max_open_conns": Field(use="ignore"),
+}
+
+LOGS_STORE: Mapping[str, Field] = {
+    "enabled": Field(boolean),
+    "type": Field(string(choices=("sqlite", "postgres"))),
+    "config": Field(section(LOGS_STORE_CONFIG)),
+    "retention_days": Field(integer(minimum=1)),
+    "max_rows": Field(integer(minimum=1)),  # our own addition: retention by count
+    "object_storage": Field(use="ignore"),
+}
+
+AUTH: Mapping[str, Field] = {
+    "is_enabled": Field(boolean),
+    "admin_username": Field(string(env=True)),
+    "admin_password": Field(string(env=True)),
+    "disable_auth_on_inference": Field(boolean),
+}
+
+
+def governance(value: Any, path: str, ctx: Context) -> dict[str, Any]:
+    """``governance``: ``auth_config`` is read; the rest (virtual keys, budgets, ...) reported as ignored."""
+    obj = as_object(value, path, ctx)
+    out: dict[str, Any] = {}
+    for key, raw in obj.items():
+        if key == "auth_config":
+            out[key] = read_section(raw, join(path, key), AUTH, ctx)
+        else:
+            ctx.ignored.append(join(path, key))
+    return out
 
 SERVER: Mapping[str, Field] = {
     "host": Field(string(non_empty=True)),
@@ -378,14 +423,15 @@ SERVER: Mapping[str, Field] = {
     "workers": Field(integer(minimum=1)),
     "log_level": Field(string(choices=LOG_LEVELS)),
     "spec_dir": Field(string(non_empty=True)),
+    "log_format": Field(string(choices=LOG_FORMATS)),  # our own addition
     "read_buffer_size": Field(use="ignore"),  # upstream's own server setting
 }
 
 # Upstream top-level sections that do not concern transcription (transports/config.schema.json).
 IGNORED_SECTIONS = (
     "access_profiles", "alerting", "audit_logs", "auth_config", "circuit_breaker_config", "cluster_config",
-    "config_store", "encryption_key", "env_label", "feature_flags", "framework", "governance",
-    "guardrails_config", "large_payload_optimization", "load_balancer_config", "logs_store", "mcp", "plugins",
+    "config_store", "encryption_key", "env_label", "feature_flags", "framework",
+    "guardrails_config", "large_payload_optimization", "load_balancer_config", "mcp", "plugins",
     "scim_config", "skills_registry", "source_of_truth", "vector_store", "webhooks", "websocket",
 )
 
@@ -396,6 +442,8 @@ TOP: Mapping[str, Field] = {
     # 1 = upstream v1.4 semantics (an empty key `models` list allows every model); 2 (default) = denies all
     "version": Field(integer(minimum=1, maximum=2)),
     "$schema": Field(use="silent"),
+    "logs_store": Field(section(LOGS_STORE)),
+    "governance": Field(governance),
     **{name: Field(use="ignore") for name in IGNORED_SECTIONS},
 }
 

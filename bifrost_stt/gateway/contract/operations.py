@@ -17,6 +17,12 @@ FROM_UPSTREAM: tuple[str, ...] = (
     "litellmOpenAITranscriptions",
     "langchainOpenAITranscriptions",
     "pydanticaiOpenAITranscriptions",
+    # operating the gateway (issue 14)
+    "getMetrics",
+    "getLogs",
+    "getLogsStats",
+    "getLogById",
+    "deleteLogs",
 )
 # Declared by openapi/overlay.yaml: our /health (upstream's has another shape) and the /openai/audio alias.
 OURS: tuple[str, ...] = ("getHealth", "openaiCreateTranscriptionAlias")

@@ -42,6 +42,7 @@ from bifrost_stt.kernel.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from bifrost_stt.kernel.record import current as current_record
 from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig, Secret
 from bifrost_stt.kernel.capabilities import Attempt, Capabilities, ModelAware, StreamingTranscriber, Transcriber
 
@@ -436,7 +437,11 @@ class Router:
             except GatewayError as exc:
                 lease.release()  # never hold a slot through the backoff sleep
                 self._note(exc, slot, request, key, secrets, attempts)
-                if not isinstance(exc, UpstreamError) or not is_retryable(exc) or retry >= net.max_retries:
+                give_up = not isinstance(exc, UpstreamError) or not is_retryable(exc) or retry >= net.max_retries
+                rotates = not give_up and key is not None and is_rate_limited(exc) and len(keys) > 1
+                _record_attempt(cfg.id, attempt, started, exc.status, rotated="rate_limited" if rotates else None,
+                                retrying=not give_up)
+                if give_up:
                     raise
                 retry += 1
                 delay = backoff_delay(retry, net.retry_backoff_initial, net.retry_backoff_max, self._rng)
@@ -453,6 +458,7 @@ class Router:
             except BaseException:  # cancellation (the client went away) or a bug: no retry, no fallback
                 lease.release()
                 raise
+            _record_attempt(cfg.id, attempt, started, 200, served=True)
             return value, Served(cfg.id, request.model, attempt.model, index, started), lease
 
     def _note(
@@ -485,6 +491,28 @@ class Router:
         pool = [k for k in keys if id(k) not in avoid] or [k for k in keys if k is not current] or keys
         weights = [max(k.weight, 0.0) for k in pool]
         return self._rng.choices(pool, weights=weights if sum(weights) > 0 else None)[0]
+
+
+def _record_attempt(provider: str, attempt: Attempt, started: float, status: int, *, served: bool = False,
+                    rotated: str | None = None, retrying: bool = False) -> None:
+    """Tell the request's record (when there is one) about one upstream call: who, how long, how it ended;
+    the winning call also names what served the request. Key names only, never values."""
+    record = current_record()
+    if record is None:
+        return
+    key = attempt.key.name if attempt.key is not None else None
+    entry: dict[str, Any] = {"provider": provider, "model": attempt.model, "status": status, "key_id": key,
+                             "key_name": key, "fallback_index": attempt.fallback_index, "retry": attempt.retry,
+                             "latency_ms": (time.perf_counter() - started) * 1000.0}
+    if rotated:
+        entry["rotated"] = rotated
+    record.attempts.append(entry)
+    record.retries += int(retrying)
+    record.fallback_index = attempt.fallback_index
+    if served:
+        record.provider, record.model = provider, attempt.model
+        record.selected_key_id = record.selected_key_name = key
+        record.upstream_latency_ms = entry["latency_ms"]
 
 
 def _retry_after(err: GatewayError) -> float | None:
