@@ -82,6 +82,7 @@ class Gateway:
     async def aclose(self) -> None:
         await self.jobs.aclose()  # first: cancelling jobs ends their upstream calls before the clients close
         await self.logs.aclose()  # after the jobs: their records are queued by now
+        metrics.worker_exit()
         clients, self._clients = self._clients, []
         for client in clients:
             try:

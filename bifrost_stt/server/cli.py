@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from bifrost_stt.gateway.config.load import CONFIG_ENV, OVERRIDES_ENV, ConfigError, apply_overrides, load_config
-from bifrost_stt.gateway.config.schema import LOG_LEVELS
+from bifrost_stt.gateway.config.schema import LOG_FORMATS, LOG_LEVELS
 from bifrost_stt.kernel.settings import GatewayConfig
 
 EXIT_CONFIG = 2  # same status argparse uses for a usage error
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default 8080)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.add_argument("--log-level", choices=LOG_LEVELS, help="log level (default info)")
+    serve.add_argument("--log-format", choices=LOG_FORMATS,
+                       help="text (default) or json: one JSON object per log line, the per-request line included")
     serve.add_argument("--spec-dir", metavar="DIR", help="directory holding the OpenAPI document to serve "
                        "(default: the bundled one)")
     serve.set_defaults(handler=_serve)
@@ -119,15 +121,15 @@ def _serve(args: argparse.Namespace) -> int:
     path = _config_path(args)
     overrides: dict[str, Any] = {
         "host": args.host, "port": args.port, "workers": args.workers,
-        "log_level": args.log_level, "spec_dir": args.spec_dir,
+        "log_level": args.log_level, "spec_dir": args.spec_dir, "log_format": args.log_format,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     config = apply_overrides(load_config(path, os.environ), overrides)
     preflight(config)
     server = config.server
-    logging.basicConfig(level=server.log_level.upper() if server.log_level != "trace" else 5,
-                        format="%(levelname)s:     %(message)s")
+    configure_logging(server.log_level, server.log_format)
     _log_reports(config)
+    _prepare_metrics(server.workers)
     if not config.providers:
         log.warning("no provider is configured: every transcription request will fail (see docs/configuration.md)")
     os.environ[CONFIG_ENV] = os.path.abspath(path) if path else ""
@@ -145,6 +147,10 @@ def _serve(args: argparse.Namespace) -> int:
         loop="uvloop" if importlib.util.find_spec("uvloop") else "auto",
         http="httptools" if importlib.util.find_spec("httptools") else "auto",
         log_level=server.log_level,
+        # the JSON format owns every line: uvicorn's own handlers would print theirs as text
+        log_config=None if server.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+        # one request line per request is ours (bifrost_stt.access, with provider, model, audio seconds)
+        access_log=server.log_format != "json",
         # X-Forwarded-* rewriting wraps every request in one more middleware and nothing here reads the
         # client address or scheme: off (uvicorn's default is on).
         proxy_headers=False,
@@ -153,12 +159,54 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_logging(level: str, log_format: str) -> None:
+    """The root handler for every worker: ``text`` (uvicorn's look) or ``json`` (one object per line)."""
+    numeric = level.upper() if level != "trace" else 5
+    if log_format == "json":
+        from bifrost_stt.gateway.observe.logline import JsonFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(numeric)
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+            logging.getLogger(name).handlers[:] = []
+            logging.getLogger(name).propagate = True
+        return
+    logging.basicConfig(level=numeric, format="%(levelname)s:     %(message)s")
+
+
+def _prepare_metrics(workers: int) -> None:
+    """Several workers share their metrics through files (prometheus-client's multiprocess mode): the
+    directory is made (or emptied) here, before any worker starts, so one scrape sees every worker."""
+    from bifrost_stt.gateway.observe.metrics import MULTIPROC_ENV, prepare_multiprocess
+
+    given = os.environ.get(MULTIPROC_ENV)
+    if workers > 1 or given:
+        os.environ[MULTIPROC_ENV] = prepare_multiprocess(given)
+        log.info("metrics: %d workers share %s", workers, os.environ[MULTIPROC_ENV])
+
+
 def _shutdown_timeout(config: GatewayConfig) -> int:
     timeouts = [p.network.default_request_timeout_in_seconds for p in config.providers.values()]
     return int(max(timeouts, default=30.0)) + SHUTDOWN_MARGIN_SECONDS
 
 
 def _log_reports(config: GatewayConfig) -> None:
+    auth = config.auth
+    if not auth.active:
+        log.warning("no admin credential (governance.auth_config): /api/*, /metrics and inference are open to "
+                    "anyone who can reach this address")
+    elif auth.disable_auth_on_inference:
+        log.info("admin auth on for /api/* and /metrics; inference routes are open (disable_auth_on_inference)")
+    else:
+        log.info("admin auth on for /api/*, /metrics and inference routes")
+    store = config.logs_store
+    if store.enabled:
+        where = ((store.path or "the default logs.db") if store.type == "sqlite"
+                 else f"postgres {store.host}:{store.port}/{store.db_name}")
+        log.info("request logs: %s%s", where, "" if config.client.enable_logging else " (recording off: client.enable_logging)")
     if config.ignored_sections:
         log.info("ignored upstream settings (not used for transcription): %s", ", ".join(config.ignored_sections))
     if config.unsupported_fields:
@@ -259,6 +307,17 @@ def summary(config: GatewayConfig, path: str | None) -> list[str]:
     server = config.server
     lines.append(f"server: {server.host}:{server.port}, workers {server.workers}, log level {server.log_level}")
     lines.append(f"client: max body {config.client.max_request_body_size_mb} MB")
+    store = config.logs_store
+    if store.enabled:
+        target = (f"sqlite {store.path or '(default logs.db)'}" if store.type == "sqlite"
+                  else f"postgres {store.user + '@' if store.user else ''}{store.host}:{store.port}/{store.db_name}")
+        lines.append(f"logs_store: {target}, retention {store.retention_days or config.client.log_retention_days} days"
+                     + (", content logging off" if config.client.disable_content_logging else ""))
+    else:
+        lines.append("logs_store: off")
+    auth = config.auth
+    lines.append(f"admin auth: on, user {auth.admin_username}" + (", inference open" if auth.disable_auth_on_inference else "")
+                 if auth.active else "admin auth: off (everything open)")
     if config.ignored_sections:
         lines.append("ignored (not used for transcription): " + ", ".join(config.ignored_sections))
     if config.unsupported_fields:

@@ -31,7 +31,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
     delete,
     func,
     insert,
@@ -232,7 +231,7 @@ class LogStore:
         # tokens are not recorded for transcriptions: sorting by them keeps the time order
         column = {"latency": logs.c.latency, "cost": logs.c.cost}.get(sort_by, logs.c.timestamp)
         ordering = column.asc() if order == "asc" else column.desc()
-        query = select(logs).where(and_(*where.where())).order_by(ordering, logs.c.id).limit(limit).offset(offset)
+        query = select(logs).where(*where.where()).order_by(ordering, logs.c.id).limit(limit).offset(offset)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
             stats = await self._stats(conn, where)
@@ -257,7 +256,7 @@ class LogStore:
             func.avg(c.latency),
             func.count().filter(c.status == "success"),
             func.count().filter(c.status != "processing"),
-        ).where(and_(*where.where()))
+        ).where(*where.where())
         total, cost, latency, succeeded, completed = (await conn.execute(query)).one()
         return {
             "total_requests": int(total),
