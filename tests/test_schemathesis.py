@@ -13,10 +13,13 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from dataclasses import replace
+
 import pytest
 import schemathesis
 
 from bifrost_stt.gateway.contract import loading as spec
+from bifrost_stt.kernel.settings import LogsStoreConfig
 from bifrost_stt.server.app import create_app
 from tests.audio import wav_bytes
 from tests.support import config_with
@@ -133,7 +136,9 @@ def gateway(
         _fake_groq_server.provider_config(),
         job_store_path=str(tmp_path_factory.mktemp("jobs") / "jobs.sqlite3"),
     )
-    APP.app = create_app(config)
+    # the request-log operations answer from a real store (a 503 "store off" would be all they ever said)
+    logs = LogsStoreConfig(enabled=True, path=str(tmp_path_factory.mktemp("logs") / "logs.db"))
+    APP.app = create_app(replace(config, logs_store=logs))
     yield
     APP.app = None
 

@@ -339,5 +339,8 @@ def create_app(
 def app_factory() -> AsyncApp:
     """Entry point for ``uvicorn --factory`` and the CLI's workers: config from the environment."""
     from bifrost_stt.gateway.config.load import config_from_environ
+    from bifrost_stt.server.cli import configure_logging
 
-    return create_app(config_from_environ(os.environ))
+    config = config_from_environ(os.environ)
+    configure_logging(config.server.log_level, config.server.log_format)  # a spawned worker starts bare
+    return create_app(config)
