@@ -19,6 +19,7 @@ from bifrost_stt.handlers.outbound import json_response
 from bifrost_stt.kernel.errors import ClientError, NotFound, Overloaded
 
 log = logging.getLogger("bifrost_stt.handlers")
+DEFAULT_LIMIT = 50
 
 
 def _list(value: Any) -> tuple[str, ...]:
@@ -29,7 +30,7 @@ def _list(value: Any) -> tuple[str, ...]:
 
 
 def _time(value: Any, name: str) -> datetime | None:
-    if value is None or value == "":
+    if value is None:
         return None
     if isinstance(value, datetime):
         moment = value
@@ -98,12 +99,12 @@ class OperateHandlers:
         return Response(body, media_type=content_type)
 
     async def get_logs(self, **params: Any) -> Response:
-        limit = int(params.get("limit", 50))
-        offset = int(params.get("offset", 0))
-        if not 1 <= limit <= MAX_LIMIT:
-            raise ClientError(f"limit must be between 1 and {MAX_LIMIT}", param="limit")
-        if offset < 0:
-            raise ClientError("offset must not be negative", param="offset")
+        # as upstream: a limit of 0 or less means the default page, a negative offset the first page
+        limit = int(params.get("limit", DEFAULT_LIMIT))
+        limit = DEFAULT_LIMIT if limit < 1 else limit
+        offset = max(0, int(params.get("offset", 0)))
+        if limit > MAX_LIMIT:
+            raise ClientError(f"limit must be at most {MAX_LIMIT}", param="limit")
         sort_by = str(params.get("sort_by") or "timestamp")
         order = str(params.get("order") or "desc")
         if sort_by not in SORT_COLUMNS or order not in ("asc", "desc"):

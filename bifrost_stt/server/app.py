@@ -34,7 +34,8 @@ from connexion.middleware.server_error import ServerErrorMiddleware
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
-from connexion.validators import ParameterValidator
+from connexion.exceptions import BadRequestProblem
+from connexion.validators import JSONRequestBodyValidator, ParameterValidator
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response as StarletteResponse
@@ -199,6 +200,17 @@ class LowerCaseMediaType:
         await self.app(scope, receive, send)
 
 
+class Utf8JSONBodyValidator(JSONRequestBodyValidator):
+    """Connexion's JSON body validator decodes the body before parsing it: bytes that are not UTF-8 raised a
+    UnicodeDecodeError (a 500) instead of the 400 any other unreadable JSON gets."""
+
+    async def _parse(self, stream: Any, scope: Scope) -> Any:
+        try:
+            return await super()._parse(stream, scope)
+        except UnicodeDecodeError:
+            raise BadRequestProblem(detail="the request body is not UTF-8 JSON") from None
+
+
 class HeaderCoercingParameterValidator(ParameterValidator):
     """Connexion 3.3 checks header parameters as raw strings against their schema, so every integer,
     number or boolean header (``x-bf-async-job-result-ttl: 3600``) fails as "'3600' is not of type
@@ -321,12 +333,14 @@ def create_app(
                    swagger_ui_options=swagger)
     # Operations decorate their handler once (_DecorateOnce); set before add_api creates them.
     app._middleware_app.api_cls = _DecoratedOnceApi
+    bodies = make_validator_map(limits)["body"]
+    bodies["application/json"] = Utf8JSONBodyValidator
     app.add_api(
         _static_paths_first(spec.to_connexion(contract)),
         resolver=Resolver(function_resolver=table.__getitem__),
         validate_responses=True,
         strict_validation=False,
-        validator_map={**validator_map(make_validator_map(limits)["body"], strict_sse=strict_responses),
+        validator_map={**validator_map(bodies, strict_sse=strict_responses),
                        "parameter": HeaderCoercingParameterValidator},
         swagger_ui_options=swagger,
     )

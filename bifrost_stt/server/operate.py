@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bifrost_stt.gateway.access import REALM
 from bifrost_stt.gateway.compose import Gateway
 from bifrost_stt.gateway.observe import metrics
-from bifrost_stt.kernel.errors import AuthenticationError, envelope
+from bifrost_stt.kernel.errors import AuthenticationError, MethodNotAllowed, envelope
 from bifrost_stt.kernel.record import RequestRecord, bind
 
 # Operations that run a transcription: each gets a record. The job poll is an inference route (auth) only.
@@ -56,13 +56,23 @@ class RouteTable:
         # static routes win over templates (/api/logs/stats is not /api/logs/{id})
 
     def match(self, method: str, path: str) -> tuple[str, str | None]:
+        template, methods = self.methods(path)
+        return template, methods.get("GET" if method == "HEAD" else method)
+
+    def methods(self, path: str) -> tuple[str, dict[str, str]]:
+        """The route template ``path`` falls under and its method -> operationId map."""
         methods = self._static.get(path)
         if methods is not None:
-            return path, methods.get(method)
+            return path, methods
         for pattern, template, methods in self._dynamic:
             if pattern.match(path):
-                return template, methods.get(method)
-        return UNMATCHED, None
+                return template, methods
+        return UNMATCHED, {}
+
+
+def allowed(methods: dict[str, str]) -> str:
+    names = set(methods) | ({"HEAD"} if "GET" in methods else set())
+    return ", ".join(sorted(names))
 
 
 class Operate:
@@ -77,7 +87,14 @@ class Operate:
             return
         started = time.perf_counter()
         method, path = scope["method"], scope["path"]
-        template, operation = self.routes.match(method, path)
+        template, methods = self.routes.methods(path)
+        operation = methods.get("GET" if method == "HEAD" else method)
+        if operation is None and methods:
+            # Several operations on one path (GET and DELETE /api/logs): the router would name only the
+            # first one's methods in Allow; the route table knows them all.
+            await _method_not_allowed(send, allowed(methods))
+            metrics.http(template, method, 405, time.perf_counter() - started, None, 0)
+            return
         access = self.gateway.access
         if access.active:
             headers = _headers(scope)
@@ -147,6 +164,16 @@ def _envelope(chunks: list[bytes] | None) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return body if isinstance(body, dict) else None
+
+
+async def _method_not_allowed(send: Send, allow: str) -> None:
+    err = MethodNotAllowed(f"method not allowed; this path accepts {allow}", headers={"Allow": allow})
+    body = orjson.dumps(envelope(err, request_type=None))
+    await send({"type": "http.response.start", "status": 405, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"allow", allow.encode()),
+    ]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _unauthorized(send: Send, why: str, *, inference: bool) -> None:
