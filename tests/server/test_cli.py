@@ -41,7 +41,7 @@ UPSTREAM = {
         "groq": {"keys": [{"name": "groq-a", "value": SECRET, "models": ["whisper-large-v3"], "weight": 1}]},
     },
     "config_store": {"enabled": False},
-    "governance": {},
+    "governance": {"virtual_keys": []},
 }
 
 
@@ -51,7 +51,7 @@ def test_check_config_valid_file(tmp_path: Path) -> None:
     out = result.stdout
     assert "provider openai" in out and "key primary" in out and "key groq-a" in out
     assert "whisper-large-v3" in out
-    assert "config_store" in out and "governance" in out
+    assert "config_store" in out and "governance.virtual_keys" in out
     assert "providers.openai.network_config.insecure_skip_verify" in out
     assert SECRET not in out + result.stderr
 
@@ -134,6 +134,7 @@ def test_serve_hands_config_and_overrides_to_workers(tmp_path: Path, monkeypatch
     for var in ("BIFROST_STT_CONFIG", "BIFROST_STT_OVERRIDES", "BIFROST_STT_HOST", "BIFROST_STT_PORT"):
         monkeypatch.setenv(var, "")  # empty = unset for the gateway; monkeypatch restores what serve writes
     monkeypatch.setenv("MY_OPENAI_KEY", SECRET)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))  # serve empties it for the workers
     path = write(tmp_path, UPSTREAM)
     spec_dir = str(OPENAPI_DIR)  # a real document: serve refuses a spec dir it cannot serve
     status = cli.main(["serve", "--config", path, "--port", "9123", "--workers", "2", "--spec-dir", spec_dir])

@@ -34,6 +34,10 @@ from bifrost_stt.kernel.record import RequestRecord
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: upstream exports none
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# prometheus-client picks file-backed values when this module's metrics are created (at import): the same
+# moment decides how they are read back, so a variable set later (by `serve` in its parent process) changes
+# nothing here.
+MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
 METHOD = "transcription"  # upstream's request-type label value for this gateway's one request type
 
 BASE_LABELS = (
@@ -258,7 +262,7 @@ def active(delta: int) -> None:
 
 def render() -> tuple[bytes, str]:
     """The text exposition and its content type; merged across workers in multiprocess mode."""
-    if os.environ.get(MULTIPROC_ENV):
+    if MULTIPROCESS:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -280,7 +284,7 @@ def prepare_multiprocess(directory: str | None) -> str:
 
 def worker_exit() -> None:
     """A worker stopping: its live gauges (active requests) leave the sum."""
-    if os.environ.get(MULTIPROC_ENV):
+    if MULTIPROCESS:
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 

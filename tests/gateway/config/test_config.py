@@ -87,9 +87,11 @@ def check_upstream(config: GatewayConfig) -> None:
     assert azure_key.upstream_model("gpt-4o-transcribe") == "g4o"
     assert config.client.drop_excess_requests and config.client.max_request_body_size_mb == 50
     assert config.client.allowed_origins == ("*",)
-    assert set(config.ignored_sections) >= {"encryption_key", "config_store", "logs_store", "governance", "plugins",
-                                            "client.enable_logging", "client.initial_pool_size",
-                                            "providers.anthropic"}
+    assert set(config.ignored_sections) >= {"encryption_key", "config_store", "governance.budgets", "plugins",
+                                            "client.initial_pool_size", "providers.anthropic"}
+    # the request-log store and logging switches are real now
+    assert not {"logs_store", "client.enable_logging", "governance"} & set(config.ignored_sections)
+    assert config.logs_store.enabled and config.logs_store.path == "./logs.db" and config.client.enable_logging
     assert "$schema" not in config.ignored_sections
     assert SECRET not in repr(config)
 
