@@ -148,59 +148,75 @@ def error_type(status: int, error: dict[str, Any] | None) -> str:
     return "_OTHER"
 
 
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, cached: prometheus-client rebuilds and checks the label tuple on every
+    call (several µs per metric per request); label sets repeat, so the children are kept here."""
+    key = (id(metric), values)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*values)
+    return found
+
+
 def base_labels(record: RequestRecord, *, final_error: bool = False) -> dict[str, str]:
     """The labels every inference metric carries. ``selected_key_*`` is empty on a final error (upstream)."""
-    return {
-        "provider": record.provider or record.requested_provider or "",
-        "model": record.model or record.requested_model or "",
-        "method": METHOD,
-        "virtual_key_id": record.virtual_key_id or "",
-        "virtual_key_name": record.virtual_key_name or "",
-        "selected_key_id": "" if final_error else (record.selected_key_id or ""),
-        "selected_key_name": "" if final_error else (record.selected_key_name or ""),
-        "fallback_index": str(record.fallback_index),
-    }
+    return dict(zip(BASE_LABELS, base_values(record, final_error=final_error), strict=True))
+
+
+def base_values(record: RequestRecord, *, final_error: bool = False) -> tuple[str, ...]:
+    """``BASE_LABELS``' values for ``record``, in order."""
+    return (
+        record.provider or record.requested_provider or "",
+        record.model or record.requested_model or "",
+        METHOD,
+        record.virtual_key_id or "",
+        record.virtual_key_name or "",
+        "" if final_error else (record.selected_key_id or ""),
+        "" if final_error else (record.selected_key_name or ""),
+        str(record.fallback_index),
+    )
 
 
 def observe(record: RequestRecord) -> None:
     """Metric updates for one finished inference request."""
     failed = record.status != "success"
-    labels = base_labels(record, final_error=failed)
+    labels = base_values(record, final_error=failed)
     upstream_seconds = 0.0
     for attempt in record.attempts:
-        seconds = attempt.get("latency_ms")
-        if seconds is None:  # refused before any call (size limit, no key): no upstream request was made
+        latency = attempt.get("latency_ms")
+        if latency is None:  # refused before any call (size limit, no key): no upstream request was made
             continue
-        seconds = float(seconds) / 1000.0
+        seconds = float(latency) / 1000.0
         upstream_seconds += seconds
-        attempt_labels = {**labels, "provider": str(attempt.get("provider") or labels["provider"]),
-                          "model": str(attempt.get("model") or labels["model"]),
-                          "selected_key_id": str(attempt.get("key_id") or ""),
-                          "selected_key_name": str(attempt.get("key_name") or ""),
-                          "fallback_index": str(attempt.get("fallback_index", labels["fallback_index"]))}
+        key = str(attempt.get("key_name") or "")
+        values = (str(attempt.get("provider") or labels[0]), str(attempt.get("model") or labels[1]), METHOD,
+                  labels[3], labels[4], str(attempt.get("key_id") or key), key,
+                  str(attempt.get("fallback_index", labels[7])))
         ok = int(attempt.get("status") or 0) < 400
-        UPSTREAM_REQUESTS.labels(**attempt_labels).inc()
-        UPSTREAM_LATENCY.labels(**attempt_labels, is_success=str(ok).lower()).observe(seconds)
+        child(UPSTREAM_REQUESTS, *values).inc()
+        child(UPSTREAM_LATENCY, *values, "true" if ok else "false").observe(seconds)
         _key_health(record, attempt, ok)
     if failed:
         status = record.status_code or 500
-        ERROR_REQUESTS.labels(**labels, status_code=str(status),
-                              error_type=error_type(status, record.error)).inc()
+        child(ERROR_REQUESTS, *labels, str(status), error_type(status, record.error)).inc()
     else:
-        SUCCESS_REQUESTS.labels(**labels).inc()
-    RETRIES.labels(**labels).observe(record.retries)
+        child(SUCCESS_REQUESTS, *labels).inc()
+    child(RETRIES, *labels).observe(record.retries)
     if record.latency_ms is not None:
         overhead_us = max(0.0, record.latency_ms / 1000.0 - upstream_seconds) * 1_000_000
-        OVERHEAD.labels(**labels).observe(overhead_us)
+        child(OVERHEAD, *labels).observe(overhead_us)
     if record.first_token_ms is not None:
-        FIRST_TOKEN.labels(**labels).observe(record.first_token_ms / 1000.0)
+        child(FIRST_TOKEN, *labels).observe(record.first_token_ms / 1000.0)
     if record.cost:
-        COST.labels(**labels).inc(record.cost)
+        child(COST, *labels).inc(record.cost)
     if record.cache_debug and record.cache_debug.get("cache_hit"):
         cache_hit(record, str(record.cache_debug.get("hit_type") or "direct"))
     if record.audio_seconds and not failed:
-        AUDIO_SECONDS.labels(**labels).inc(record.audio_seconds)
-        AUDIO_DURATION.labels(provider=labels["provider"], model=labels["model"]).observe(record.audio_seconds)
+        child(AUDIO_SECONDS, *labels).inc(record.audio_seconds)
+        child(AUDIO_DURATION, labels[0], labels[1]).observe(record.audio_seconds)
 
 
 def _key_health(record: RequestRecord, attempt: dict[str, Any], ok: bool) -> None:
@@ -210,51 +226,50 @@ def _key_health(record: RequestRecord, attempt: dict[str, Any], ok: bool) -> Non
     provider, key_id = str(attempt.get("provider") or ""), str(attempt.get("key_id") or name)
     status = int(attempt.get("status") or 0)
     if ok:
-        KEY_UP.labels(provider=provider, key_id=key_id, key_name=str(name)).set(1)
+        child(KEY_UP, provider, key_id, str(name)).set(1)
         return
     if status in (401, 402, 403):
-        KEY_UP.labels(provider=provider, key_id=key_id, key_name=str(name)).set(0)
+        child(KEY_UP, provider, key_id, str(name)).set(0)
     reason = attempt.get("rotated")
     if reason:
-        KEY_ROTATIONS.labels(provider=provider, requested_model=record.requested_model or "", key_id=key_id,
-                             key_name=str(name), fail_reason=str(reason)).inc()
+        child(KEY_ROTATIONS, provider, record.requested_model or "", key_id, str(name), str(reason)).inc()
 
 
 def inter_token(record: RequestRecord, seconds: float) -> None:
     """One gap between two stream events (called by the stream writer as events go out)."""
-    INTER_TOKEN.labels(**base_labels(record)).observe(seconds)
+    child(INTER_TOKEN, *base_values(record)).observe(seconds)
 
 
 def cost(record: RequestRecord, usd: float) -> None:
     """Governance: count ``usd`` for this request outside ``observe`` (e.g. a cost known only later)."""
-    COST.labels(**base_labels(record)).inc(usd)
+    child(COST, *base_values(record)).inc(usd)
 
 
 def cache_hit(record: RequestRecord, cache_type: str = "direct") -> None:
-    CACHE_HITS.labels(**base_labels(record), cache_type=cache_type).inc()
+    child(CACHE_HITS, *base_values(record), cache_type).inc()
 
 
 def http(path: str, method: str, status: int, seconds: float, request_bytes: int | None, response_bytes: int) -> None:
     labels = (path, method, str(status))
-    HTTP_REQUESTS.labels(*labels).inc()
-    HTTP_DURATION.labels(*labels).observe(seconds)
+    child(HTTP_REQUESTS, *labels).inc()
+    child(HTTP_DURATION, *labels).observe(seconds)
     if request_bytes is not None:
-        HTTP_REQUEST_SIZE.labels(*labels).observe(request_bytes)
-    HTTP_RESPONSE_SIZE.labels(*labels).observe(response_bytes)
+        child(HTTP_REQUEST_SIZE, *labels).observe(request_bytes)
+    child(HTTP_RESPONSE_SIZE, *labels).observe(response_bytes)
 
 
 def keys_configured(keys: Iterable[tuple[str, str]]) -> None:
     """At start: every enabled key (provider, key name) is up until a provider refuses it."""
     for provider, name in keys:
-        KEY_UP.labels(provider=provider, key_id=name, key_name=name).set(1)
+        child(KEY_UP, provider, name, name).set(1)
 
 
 def dropped(reason: str, count: int = 1) -> None:
-    LOG_DROPPED.labels(reason=reason).inc(count)
+    child(LOG_DROPPED, reason).inc(count)
 
 
 def active(delta: int) -> None:
-    ACTIVE.labels(method=METHOD).inc(delta)
+    child(ACTIVE, METHOD).inc(delta)
 
 
 # ------------------------------------------------------------------------------------------ exposition
