@@ -13,7 +13,7 @@ from bifrost_stt.kernel.errors import Overloaded
 from bifrost_stt.kernel.record import RequestRecord
 from bifrost_stt.gateway.access import Access
 from bifrost_stt.gateway.jobs.runner import JobRunner
-from bifrost_stt.gateway.observe import logline, metrics
+from bifrost_stt.gateway.observe import logline, metrics, tracing
 from bifrost_stt.gateway.stores.logs import LogSink
 from bifrost_stt.gateway.routing.router import ProviderSlot, Router
 from bifrost_stt.kernel.settings import GatewayConfig
@@ -68,6 +68,7 @@ class Gateway:
                                 for key in cfg.keys if key.enabled)
         await self.jobs.start()
         await self.logs.start()
+        tracing.setup()  # only when OTEL_* asks for traces
 
     def finish(self, record: RequestRecord, method: str = "POST") -> None:
         """A request ended: metrics, the request-log store (queued, never waits) and the request line.
@@ -76,6 +77,7 @@ class Gateway:
             metrics.observe(record)
             self.logs.submit(record)
             logline.emit(record, method)
+            tracing.emit(record, method)
         except Exception:
             log.exception("recording a finished request failed")
 

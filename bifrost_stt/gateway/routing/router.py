@@ -503,6 +503,7 @@ def _record_attempt(provider: str, attempt: Attempt, started: float, status: int
     key = attempt.key.name if attempt.key is not None else None
     entry: dict[str, Any] = {"provider": provider, "model": attempt.model, "status": status, "key_id": key,
                              "key_name": key, "fallback_index": attempt.fallback_index, "retry": attempt.retry,
+                             "start_ms": (started - record.started) * 1000.0,
                              "latency_ms": (time.perf_counter() - started) * 1000.0}
     if rotated:
         entry["rotated"] = rotated
