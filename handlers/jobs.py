@@ -71,7 +71,6 @@ class JobHandlers:
             response = outbound.result_response(
                 result,
                 served,
-                kind=gateway.kind_of(served.provider),
                 response_format=request.response_format,
                 granularities=request.timestamp_granularities,
                 original_model=original,
