@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from bifrost_stt.gateway.render import formats
+from bifrost_stt.gateway.render import formats, plan
 from bifrost_stt.gateway.routing.admission import Lease, ProviderSlot
 from bifrost_stt.gateway.routing.streams import HeldStream, aiter_of, unreadable_is_upstream
 from bifrost_stt.kernel.canonical import StreamEvent, TranscriptionRequest, TranscriptionResult
@@ -68,35 +68,6 @@ def backoff_delay(retry: int, initial_ms: int, max_ms: int, rng: random.Random) 
     """Seconds before retry number ``retry`` (1-based): min(initial * 2^(retry-1), max) +/- 20%."""
     base = float(min(initial_ms * (2 ** (retry - 1)), max_ms))
     return max(0.0, base * rng.uniform(0.8, 1.2)) / 1000.0
-
-
-def plan_format(caps: Capabilities, request: TranscriptionRequest, provider: str = "") -> TranscriptionRequest:
-    """Ask the provider for what it can give; the gateway renders the rest (bifrost_stt.gateway.render.formats).
-
-    Timings a verbose_json client asked for by name (``timestamp_granularities``) that the provider cannot
-    give are refused with a 400 naming them, rather than silently left out.
-    """
-    fmt = request.response_format
-    asked = request.timestamp_granularities
-    # segments can always be built from words (bifrost_stt.gateway.render.formats groups them), never words from segments
-    has = {"word": caps.word_timestamps, "segment": caps.segment_timestamps or caps.word_timestamps}
-    missing = [g for g in asked if not has.get(g, False)]
-    if missing and fmt == "verbose_json":  # only verbose_json shows timings; other formats lose nothing
-        raise ClientError(
-            f"{provider or 'this provider'} cannot give {' or '.join(missing)} timestamps for model "
-            f"{request.model!r}; drop timestamp_granularities={missing[0]} or use another provider/model",
-            param="timestamp_granularities", code="unsupported_parameter",
-        )
-    if fmt in caps.native_formats:
-        return request
-    if "verbose_json" in caps.native_formats and formats.needs_rich(fmt, asked):
-        grans: tuple[str, ...] = ()
-        if caps.segment_timestamps:
-            grans += ("segment",)
-        if caps.word_timestamps and ("word" in asked or not caps.segment_timestamps):
-            grans += ("word",)
-        return replace(request, response_format="verbose_json", timestamp_granularities=grans)
-    return replace(request, response_format="json", timestamp_granularities=())
 
 
 def check_size(caps: Capabilities, request: TranscriptionRequest, provider: str) -> None:
@@ -156,9 +127,7 @@ class Router:
                 return HeldStream(events, first=first)
             # The gateway streams for this model: segments (when the provider has them) become the deltas.
             caps = slot.capabilities_for(req.model)
-            rich = "verbose_json" if "verbose_json" in caps.native_formats else "json"
-            wire = replace(req, stream=False, response_format=rich, timestamp_granularities=())
-            result = await impl.transcribe(plan_format(caps, wire, slot.config.id), attempt)
+            result = await impl.transcribe(plan.for_synthesized_stream(caps, req), attempt)
             return HeldStream(aiter_of(formats.synthesize_stream(result)))
 
         events, served, lease = await self._route(request, call, stream=True)
@@ -202,7 +171,7 @@ class Router:
                 caps = slot.capabilities_for(model)
                 check_size(caps, target, provider)
                 if not stream:
-                    target = plan_format(caps, target, provider)
+                    target = plan.ask_provider(caps, target, provider)
             except GatewayError as err:
                 self._note(err, slot, target, None, (), attempts)
                 primary = primary or err
