@@ -57,23 +57,14 @@ class TranscriptionHandlers:
             request, original = build_request(self.gateway, form, headers, route, deployment=deployment)
             note_request(request)
             router = self.gateway.router
-            kind = self.gateway.kind_of
             if request.stream:
                 events, served = await cancel_on_disconnect(router.stream(request))
-                slot = router.slots[served.provider]
-                return outbound.stream_response(
-                    events,
-                    served,
-                    kind=kind(served.provider),
-                    idle_timeout=slot.config.network.stream_idle_timeout_in_seconds,
-                    original_model=original,
-                )
+                return outbound.stream_response(events, served, original_model=original)
             result, served = await cancel_on_disconnect(router.transcribe(request))
             note_result(request, result)
             return outbound.result_response(
                 result,
                 served,
-                kind=kind(served.provider),
                 response_format=request.response_format,
                 granularities=request.timestamp_granularities,
                 original_model=original,
