@@ -137,7 +137,10 @@ class Operate:
             status = state["status"] or 499  # nothing was sent: the client went away (or we were cancelled)
             metrics.http(template, method, status, time.perf_counter() - started, _length(scope), state["size"])
             if not (record.detached and status < 400):
-                record.finish(status, record.error or _envelope(state["error"]))
+                error = record.error or _envelope(state["error"])
+                # a stream that failed after its 200 went out: the error event's status is the outcome
+                code = error.get("status_code") if error else None
+                record.finish(code if isinstance(code, int) else status, error)
                 self.gateway.finish(record, method)
 
 

@@ -24,6 +24,7 @@ from bifrost_stt.kernel.settings import AuthConfig, ClientConfig, KeyConfig, Log
 from tests.audio import wav_bytes
 from tests.fakes.faults import FaultyGroq, FaultyOpenAI, status
 from tests.fakes.openai import TRANSCRIPT
+from tests.fakes.server import Reply
 from tests.support import config_with
 
 UNIFIED = "/v1/audio/transcriptions"
@@ -165,7 +166,8 @@ def test_a_rotated_key_and_a_refused_key_show_in_metrics(run_gateway: Any, fakes
     rotations = value(after, "bifrost_key_rotation_events_total", fail_reason="rate_limited") - value(
         before, "bifrost_key_rotation_events_total", fail_reason="rate_limited")
     assert rotations == 1
-    downs = [line for line in after.splitlines() if line.startswith("bifrost_provider_key_up") and line.endswith(" 0.0")]
+    downs = [line for line in after.splitlines() if line.startswith("bifrost_provider_key_up")
+             and line.endswith(" 0.0") and ('key_name="ka"' in line or 'key_name="kb"' in line)]
     assert len(downs) == 1 and ('key_name="ka"' in downs[0] or 'key_name="kb"' in downs[0])
     for secret in values.values():
         assert secret not in after
@@ -201,6 +203,9 @@ def test_one_record_per_request_with_fallback_attempts(run_gateway: Any, fakes: 
     assert entry["params"] == {"response_format": "text", "language": "en", "fallbacks": ["groq/whisper-large-v3"]}
     assert entry["transcription_input"] == {"filename": "speech.wav", "size_bytes": len(wav_bytes())}
     assert entry["transcription_output"]["text"].strip() == TRANSCRIPT
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("logs.db*"))
+    assert stored and not any(key.encode() in stored for key in openai.keys | groq.keys)
+    assert wav_bytes()[44:140] not in stored  # the audio itself is never stored
     assert httpx.get(f"{url}/api/logs/{entry['id']}").json() == entry
     stats = httpx.get(f"{url}/api/logs/stats").json()
     assert stats["total_requests"] == 1 and stats["success_rate"] == 100.0
@@ -250,6 +255,24 @@ def test_a_failing_store_never_fails_a_transcription(run_gateway: Any, fakes: An
         r = httpx.get(f"{url}/api/logs")
         assert r.status_code == 503 and r.json()["error"]["code"] == "logs_store_unavailable"
     assert "store-pa55word" not in caplog.text
+
+
+def test_a_stream_that_fails_midway_is_an_error_record(run_gateway: Any, fakes: Any, tmp_path: Path) -> None:
+    openai, _ = fakes
+    url = gateway(run_gateway, openai.provider_config(), tmp_path=tmp_path)
+    before = scrape(url)
+    openai.enqueue(Reply(events=[{"type": "transcript.text.delta", "delta": "The"},
+                                 {"error": {"message": "the model crashed", "type": "server_error"}}]),
+                   path=OPENAI_PATH)
+    r = post(url, "openai/gpt-4o-mini-transcribe", stream="true")
+    assert r.status_code == 200 and '"is_bifrost_error"' in r.text  # the error event ends the stream
+    (entry,) = entries(url, expect=1)
+    assert entry["status"] == "error" and entry["stream"] is True
+    code = str(entry["error_details"]["status_code"])
+    assert code == "502" and entry["error_details"]["error"]["message"] == "the model crashed"
+    after = scrape(url)
+    errors = "bifrost_error_requests_total"
+    assert value(after, errors, status_code=code) - value(before, errors, status_code=code) == 1
 
 
 def test_logs_off_answers_503(run_gateway: Any, fakes: Any) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, MetaData, String, Table, inspect
+from sqlalchemy import Column, MetaData, String, Table, inspect, make_url
 
 from bifrost_stt.gateway.stores.db import make_engine, migrate, url_for
 from bifrost_stt.gateway.stores.logs import LogFilter, LogSink, LogStore, logs, row_of
@@ -16,11 +16,26 @@ from bifrost_stt.kernel.record import RequestRecord
 from bifrost_stt.kernel.settings import ClientConfig, LogsStoreConfig, Secret
 
 
+@pytest.fixture(scope="module")
+def logs_postgres_url(postgres_url: str) -> Iterator[str]:
+    """A database of this module's own beside the session's (which other tests expect to find empty)."""
+    import psycopg
+
+    base = make_url(postgres_url)
+    name = f"{base.database}_logs"
+    admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield base.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'logs.db'}"
-    return str(request.getfixturevalue("postgres_url"))
+    return str(request.getfixturevalue("logs_postgres_url"))
 
 
 @pytest.fixture
