@@ -10,6 +10,7 @@ from connexion import context
 
 from bifrost_stt.kernel.canonical import AudioSource, TranscriptionRequest
 from bifrost_stt.kernel.errors import ClientError
+from bifrost_stt.kernel.languages import parse_language
 from bifrost_stt.gateway.routing.models import resolve_model
 from bifrost_stt.gateway.contract.multipart import ParsedForm, parsed_form
 from bifrost_stt.gateway.compose import Gateway
@@ -60,6 +61,12 @@ def _text(fields: Mapping[str, Any], name: str) -> str | None:
     return None if value is None else str(value)
 
 
+def _language(fields: Mapping[str, Any]) -> str | None:
+    """The client's language as a normalised tag ("en", "en-US"); an unknown code is a 400 naming it."""
+    value = _text(fields, "language")
+    return parse_language(value).tag if value and value.strip() else None
+
+
 def build_request(
     gateway: Gateway,
     form: ParsedForm,
@@ -100,7 +107,7 @@ def build_request(
         provider=provider,
         model=name,
         audio=audio,
-        language=_text(fields, "language"),
+        language=_language(fields),
         prompt=_text(fields, "prompt"),
         response_format=_text(fields, "response_format") or "json",
         temperature=float(temperature) if temperature is not None else None,

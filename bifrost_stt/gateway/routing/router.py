@@ -32,7 +32,13 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from bifrost_stt.gateway.render import formats
-from bifrost_stt.kernel.canonical import StreamEvent, TranscriptionRequest, TranscriptionResult
+from bifrost_stt.kernel.canonical import (
+    DIARIZE_SWITCH,
+    DIARIZED_FORMAT,
+    StreamEvent,
+    TranscriptionRequest,
+    TranscriptionResult,
+)
 from bifrost_stt.kernel.errors import (
     RETRYABLE_STATUSES,
     ClientError,
@@ -270,6 +276,12 @@ def plan_format(caps: Capabilities, request: TranscriptionRequest, provider: str
         )
     if fmt in caps.native_formats:
         return request
+    if fmt == DIARIZED_FORMAT:  # speakers come on the words and segments of a rich answer
+        check_diarization(caps, request, provider)
+        grans = tuple(g for g, able in (("segment", caps.segment_timestamps), ("word", caps.word_timestamps)) if able)
+        extra = request.extra if any(n == DIARIZE_SWITCH[0] for n, _ in request.extra) else (*request.extra, DIARIZE_SWITCH)
+        rich = "verbose_json" if "verbose_json" in caps.native_formats else "json"
+        return replace(request, response_format=rich, timestamp_granularities=grans, extra=extra)
     if "verbose_json" in caps.native_formats and formats.needs_rich(fmt, asked):
         grans: tuple[str, ...] = ()
         if caps.segment_timestamps:
@@ -278,6 +290,17 @@ def plan_format(caps: Capabilities, request: TranscriptionRequest, provider: str
             grans += ("word",)
         return replace(request, response_format="verbose_json", timestamp_granularities=grans)
     return replace(request, response_format="json", timestamp_granularities=())
+
+
+def check_diarization(caps: Capabilities, request: TranscriptionRequest, provider: str) -> None:
+    """response_format=diarized_json for a target that cannot label speakers is a 400 naming the format."""
+    if request.response_format == DIARIZED_FORMAT and not caps.diarization:
+        raise ClientError(
+            f"{provider} cannot label speakers for model {request.model!r}, so response_format=diarized_json "
+            "cannot be served; use a provider/model that diarizes (the diarization column of "
+            "`bifrost-stt capabilities`) or another format",
+            param="response_format", code="unsupported_response_format",
+        )
 
 
 def check_size(caps: Capabilities, request: TranscriptionRequest, provider: str) -> None:
@@ -382,6 +405,7 @@ class Router:
                     )
                 caps = slot.capabilities_for(model)
                 check_size(caps, target, provider)
+                check_diarization(caps, target, provider)
                 if not stream:
                     target = plan_format(caps, target, provider)
             except GatewayError as err:
