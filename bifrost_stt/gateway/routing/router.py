@@ -278,10 +278,10 @@ def plan_format(caps: Capabilities, request: TranscriptionRequest, provider: str
         return request
     if fmt == DIARIZED_FORMAT:  # speakers come on the words and segments of a rich answer
         check_diarization(caps, request, provider)
-        grans = tuple(g for g, able in (("segment", caps.segment_timestamps), ("word", caps.word_timestamps)) if able)
+        timings = tuple(g for g, able in (("segment", caps.segment_timestamps), ("word", caps.word_timestamps)) if able)
         extra = request.extra if any(n == DIARIZE_SWITCH[0] for n, _ in request.extra) else (*request.extra, DIARIZE_SWITCH)
         rich = "verbose_json" if "verbose_json" in caps.native_formats else "json"
-        return replace(request, response_format=rich, timestamp_granularities=grans, extra=extra)
+        return replace(request, response_format=rich, timestamp_granularities=timings, extra=extra)
     if "verbose_json" in caps.native_formats and formats.needs_rich(fmt, asked):
         grans: tuple[str, ...] = ()
         if caps.segment_timestamps:
