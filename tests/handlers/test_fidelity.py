@@ -265,3 +265,14 @@ def test_the_contracts_language_pattern_is_the_kernels_table() -> None:
         pattern = schemas[name]["properties"]["language"]["pattern"]
         codes = re.search(r"\(\?:\(\?:([a-z|]+)\)", pattern)
         assert codes is not None and set(codes.group(1).split("|")) == set(ISO_639_1), name
+
+
+def test_declared_fields_no_canonical_field_holds_are_passed_on_as_sent() -> None:
+    """A field the contract declares (say a future upstream one) but the handlers do not read is not dropped."""
+    from bifrost_stt.handlers.inbound import _declared_extras
+
+    fields = {"model": "m", "temperature": 0.2, "diarize": True, "num_speakers": 2, "tags": ["a", "b"],
+              "opts": {"k": 1}, "absent": None}
+    assert _declared_extras(fields) == [
+        ("diarize", "true"), ("num_speakers", "2"), ("tags[]", "a"), ("tags[]", "b"), ("opts", '{"k": 1}'),
+    ]
