@@ -174,12 +174,49 @@ def _detach(node: Any) -> Any:
 def _insert(node: Any, key: str, value: Any, after: str | None) -> None:
     position = list(node).index(after) + 1 if after is not None and after in node else 0
     if isinstance(node, CommentedMap):
+        if position == len(node) and len(node):
+            value = _take_trailing_comment(node, _commented(value))
         node.insert(position, key, value)
         return
     items = list(node.items())
     items.insert(position, (key, value))
     node.clear()
     node.update(items)
+
+
+def _commented(value: Any) -> Any:
+    """Plain containers as ruamel's, so a comment can be attached to them."""
+    if isinstance(value, dict):
+        return CommentedMap((k, _commented(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return CommentedSeq(_commented(v) for v in value)
+    return value
+
+
+def _last_mapping_entry(node: Any) -> tuple[Any, Any] | None:
+    """The innermost (map, key) a block ends with: where ruamel keeps the blank line that follows it."""
+    found = None
+    while isinstance(node, CommentedMap) and len(node):
+        key = list(node)[-1]
+        found = (node, key)
+        node = node[key]
+    return found
+
+
+def _take_trailing_comment(node: Any, value: Any) -> Any:
+    """A key appended at the end of a map takes over the blank line that closed the map, so the new lines
+    come before it (as a person would write them) and the diff shows only them."""
+    last, new_last = _last_mapping_entry(node), _last_mapping_entry(value)
+    if last is None or new_last is None:
+        return value
+    holder, key = last
+    slots = holder.ca.items.get(key)
+    if not slots or len(slots) < 3 or slots[2] is None:
+        return value
+    token, slots[2] = slots[2], None
+    target, target_key = new_last
+    target.ca.items[target_key] = [None, None, token, None]
+    return value
 
 
 def edit(current_text: str, target: dict[str, Any]) -> str:
