@@ -21,8 +21,8 @@ ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized
 RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "verbose_json", "vtt", "diarized_json")
 TEXT_FORMATS = frozenset({"text", "srt", "vtt"})
 DIARIZED_FORMAT = "diarized_json"  # speaker-labelled segments, one shape whoever diarized
-# How a provider that diarizes but has no diarized_json of its own is asked to label speakers: every one
-# of them (Deepgram, ElevenLabs, Fireworks, Mistral) takes this switch as sent.
+# How a provider that diarizes but has no diarized_json of its own is asked to label speakers: every
+# diarizing provider module takes this switch as sent (see docs/providers.md).
 DIARIZE_SWITCH = ("diarize", "true")
 
 CHUNK_SIZE = 64 * 1024

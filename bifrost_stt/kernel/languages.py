@@ -1,13 +1,14 @@
 """The request's ``language``: one table, every provider maps from it.
 
-The contract says ISO-639-1 (``en``), as OpenAI does. A client may also send a BCP-47 tag whose language
-is ISO-639-1 (``en-US``, ``pt-BR``, ``zh-Hant``); anything else is a 400 naming ``language``, before any
-provider is called. Each provider takes its own form of the same ``Language``:
+The contract says ISO-639-1 (``en``). A client may also send a BCP-47 tag whose language is ISO-639-1
+(``en-US``, ``pt-BR``, ``zh-Hant``); anything else is a 400 naming ``language``, before any provider is
+called. Each provider module takes the form of the same ``Language`` its API wants (docs/providers.md has
+the table):
 
-    OpenAI-compatible, Mistral, Hugging Face   ``code``       en
-    ElevenLabs                                 ``alpha_3``    eng
-    Deepgram                                   ``tag``        en, en-US (BCP-47)
-    Gemini                                     ``name``       English (in the prompt)
+    ``code``     en                    ISO-639-1
+    ``alpha_3``  eng                   ISO-639-2/T (= ISO-639-3 for these languages)
+    ``tag``      en, en-US             BCP-47
+    ``name``     English               for a prompt
 
 The table is pycountry's ISO 639 data (184 two-letter codes), read once at import (about 0.2 s).
 """
@@ -44,7 +45,7 @@ def _table() -> tuple[Mapping[str, tuple[str, str]], Mapping[str, str]]:
         for three in (entry.alpha_3, getattr(entry, "bibliographic", None)):
             if three:
                 to_code[three] = code
-    to_code["cmn"] = "zh"  # Mandarin, as ElevenLabs answers for Chinese
+    to_code["cmn"] = "zh"  # Mandarin: what some providers answer for Chinese
     return MappingProxyType(by_code), MappingProxyType(to_code)
 
 

@@ -276,3 +276,16 @@ def test_declared_fields_no_canonical_field_holds_are_passed_on_as_sent() -> Non
     assert _declared_extras(fields) == [
         ("diarize", "true"), ("num_speakers", "2"), ("tags[]", "a"), ("tags[]", "b"), ("opts", '{"k": 1}'),
     ]
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-transcribe-diarize", "elevenlabs/scribe_v1", "deepgram/nova-3"])
+def test_openai_sdk_reads_diarized_json(gateway: str, request: pytest.FixtureRequest, model: str) -> None:
+    for provider in ("openai", "elevenlabs", "deepgram"):
+        request.getfixturevalue(f"fake_{provider}")
+    sdk = openai.OpenAI(base_url=f"{gateway}/openai/v1", api_key="unused", max_retries=0)
+    result = sdk.audio.transcriptions.create(
+        model=model, file=("speech.wav", wav_bytes(), "audio/wav"), response_format="diarized_json",
+    )
+    segments = result.segments  # the SDK's TranscriptionDiarized
+    assert segments and segments[0].speaker == "A" and segments[0].type == "transcript.text.segment"
+    assert result.text

@@ -1,17 +1,16 @@
 """``response_format=diarized_json``: one speaker-labelled shape, whichever provider diarized.
 
-The shape is OpenAI's (gpt-4o-transcribe-diarize), which upstream Bifrost also passes on::
+The shape is the one OpenAI's diarizing model answers, which upstream Bifrost also passes on::
 
     {"task": "transcribe", "duration": 3.2, "text": "...",
      "segments": [{"type": "transcript.text.segment", "id": "seg_0", "start": 0.0, "end": 1.4,
                    "text": "...", "speaker": "A"}, ...],
      "usage": {...}}
 
-Where the segments come from, in order: the provider's segments when they carry speakers (OpenAI, Mistral,
-Fireworks, Deepgram utterances/paragraphs); else runs of consecutive words with the same speaker (ElevenLabs,
-Deepgram words); else one segment for the whole text. Speaker labels: vendors number speakers in their own
-way (``0``, ``speaker_0``, ``SPEAKER_00``, ``speaker 1``); those become ``A``, ``B``, ... in order of first
-appearance, as OpenAI labels them. Any other label (a known speaker's name, OpenAI's own ``A``) is kept.
+Where the segments come from, in order: the provider's segments when they carry speakers; else runs of
+consecutive words with the same speaker; else one segment for the whole text. Speaker labels: vendors number
+speakers in their own way (``0``, ``speaker_0``, ``SPEAKER_00``, ``speaker 1``); those become ``A``, ``B``,
+... in order of first appearance. Any other label (a known speaker's name, an ``A`` already) is kept.
 A result with no speaker at all is one speaker, ``A``.
 """
 
