@@ -132,6 +132,10 @@ class Operate:
         try:
             with bind(record):
                 await self.app(scope, receive, sending)
+        except BaseException as exc:  # escaped every handler: the outer guard answers 500, or we were cancelled
+            if not state["status"]:
+                state["status"] = 500 if isinstance(exc, Exception) else 499
+            raise
         finally:
             metrics.active(-1)
             status = state["status"] or 499  # nothing was sent: the client went away (or we were cancelled)

@@ -304,7 +304,8 @@ class LogSink:
         self.retention_days = store.retention_days or client.log_retention_days
         self._engine_factory = engine_factory or (lambda: make_engine(url_for(store)))
         self.store: LogStore | None = None
-        self._queue: asyncio.Queue[RequestRecord] | None = None
+        self._queue: asyncio.Queue[RequestRecord | None] | None = None  # None: the writer's stop signal
+        self._writer_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_warning = 0.0
         self._pending_drops = 0
@@ -328,7 +329,7 @@ class LogSink:
         self.store = store
         self._queue = asyncio.Queue(maxsize=QUEUE_SIZE)
         if self.recording:
-            self._tasks.append(asyncio.create_task(self._writer(), name="bifrost-stt log writer"))
+            self._writer_task = asyncio.create_task(self._writer(), name="bifrost-stt log writer")
         self._tasks.append(asyncio.create_task(self._retention(), name="bifrost-stt log retention"))
 
     def submit(self, record: RequestRecord) -> None:
@@ -354,11 +355,21 @@ class LogSink:
         assert self._queue is not None and self.store is not None
         queue, store = self._queue, self.store
         while True:
-            batch = [await queue.get()]
+            first = await queue.get()
+            if first is None:  # aclose: everything before it is written
+                return
+            batch = [first]
             await asyncio.sleep(FLUSH_EVERY)  # let the batch fill: one transaction for many records
+            stop = False
             while len(batch) < BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
+                item = queue.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
             await self._write(store, batch)
+            if stop:
+                return
 
     async def _write(self, store: LogStore, batch: list[RequestRecord]) -> None:
         try:
@@ -389,7 +400,9 @@ class LogSink:
             return
         batch: list[RequestRecord] = []
         while not queue.empty():
-            batch.append(queue.get_nowait())
+            item = queue.get_nowait()
+            if item is not None:
+                batch.append(item)
         if batch:
             try:
                 async with asyncio.timeout(timeout):
@@ -397,12 +410,21 @@ class LogSink:
             except TimeoutError:
                 self._drop("shutdown", len(batch))
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Stop: the writer finishes what was queued before (bounded by ``timeout``), then the engine closes."""
+        writer, self._writer_task = self._writer_task, None
+        if writer is not None and self._queue is not None:
+            try:
+                self._queue.put_nowait(None)
+                await asyncio.wait_for(asyncio.shield(writer), timeout)
+            except (asyncio.QueueFull, TimeoutError):
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        await self.flush()
+        await self.flush(timeout)  # what a stuck or cancelled writer left
         if self.store is not None:
             await self.store.engine.dispose()
             self.store = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -183,6 +184,23 @@ async def test_the_sink_batches_and_a_failing_store_drops_without_raising(tmp_pa
         assert dropped and dropped[-1][0].startswith("store_error") and dropped[-1][1] == 1
     finally:
         await sink.aclose()
+
+
+async def test_records_queued_before_shutdown_are_written(tmp_path: Path) -> None:
+    config = LogsStoreConfig(enabled=True, path=str(tmp_path / "logs.db"))
+    sink = LogSink(config, ClientConfig())
+    await sink.start()
+    for n in range(7):
+        sink.submit(record(n))
+    await asyncio.sleep(0)  # the writer holds the first record and waits for the batch to fill
+    await sink.aclose()
+    reader = LogSink(config, ClientConfig(enable_logging=False))
+    await reader.start()
+    try:
+        assert reader.store is not None
+        assert (await reader.store.stats(LogFilter()))["total_requests"] == 7
+    finally:
+        await reader.aclose()
 
 
 async def test_an_unreachable_postgres_drops_records_and_never_raises() -> None:
