@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bifrost_stt.gateway.cache.policy import Cache
 from bifrost_stt.kernel.errors import Overloaded
 from bifrost_stt.gateway.jobs.runner import JobRunner
 from bifrost_stt.gateway.routing.router import ProviderSlot, Router
@@ -29,6 +30,7 @@ class Gateway:
         self._configured = frozenset(config.providers)
         self._known = provider_ids | registry.known() | self._configured
         self.jobs = JobRunner(config.client)  # async transcription jobs; started and stopped with the gateway
+        self.cache = Cache(config.cache)  # the exact transcription cache; its store opens in start()
 
     @property
     def known_providers(self) -> frozenset[str]:
@@ -59,9 +61,11 @@ class Gateway:
         self._router = Router(slots)
         log.info("providers ready: %s", ", ".join(sorted(slots)) or "none (configure one: see README)")
         await self.jobs.start()
+        await self.cache.start()  # a broken store is logged and serves misses: never a failed start
 
     async def aclose(self) -> None:
         await self.jobs.aclose()  # first: cancelling jobs ends their upstream calls before the clients close
+        await self.cache.aclose()
         clients, self._clients = self._clients, []
         for client in clients:
             try:

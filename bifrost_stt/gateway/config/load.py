@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from bifrost_stt.gateway.config.cache import build_cache
 from bifrost_stt.gateway.config.schema import (
     CLIENT,
     KEY,
@@ -153,6 +154,7 @@ def from_document(document: Any, env: Mapping[str, str], known_kinds: frozenset[
         providers=MappingProxyType(providers),
         client=ClientConfig(**client),
         server=ServerConfig(**top.get("server", {})),
+        cache=build_cache(top.get("plugins"), top.get("vector_store"), ctx),
         ignored_sections=tuple(dict.fromkeys(ctx.ignored)),
         unsupported_fields=tuple(dict.fromkeys(ctx.unsupported)),
     )
