@@ -84,7 +84,7 @@ class Cache:
 
     async def start(self) -> None:
         if self.store is not None:
-            await self._guard("start", self.store.start(), None)
+            await self._guard("start", self.store.start, None)
             if not self._failing:
                 log.info("transcription cache: %s store", self.store.name)
 
@@ -113,16 +113,13 @@ class Cache:
 
     # -- guarded store calls ---------------------------------------------------------------------------
 
-    async def _guard(self, operation: str, call: Awaitable[T], fallback: T) -> T:
-        """``call``'s value, or ``fallback`` when the store fails (logged once, counted, then left alone)."""
+    async def _guard(self, operation: str, call: Callable[[], Awaitable[T]], fallback: T) -> T:
+        """``call()``'s value, or ``fallback`` when the store fails (logged once, counted, then left alone)."""
         if time.monotonic() < self._down_until:
             stats.store_failed(operation)  # every request the broken store turned into a miss
-            close = getattr(call, "close", None)
-            if close is not None:
-                close()  # never awaited: do not leave a "coroutine was never awaited" warning
             return fallback
         try:
-            value = await call
+            value = await call()
         except Exception as exc:
             stats.store_failed(operation)
             self._down_until = time.monotonic() + RETRY_AFTER
@@ -139,11 +136,13 @@ class Cache:
 
     async def _get(self, entry_key: str) -> Entry | None:
         assert self.store is not None
-        return await self._guard("get", self.store.get(entry_key), None)
+        store = self.store
+        return await self._guard("get", lambda: store.get(entry_key), None)
 
     async def _put(self, entry: Entry) -> bool:
         assert self.store is not None
-        return await self._guard("put", _done(self.store.put(entry)), False)
+        store = self.store
+        return await self._guard("put", lambda: _done(store.put(entry)), False)
 
     # -- the clear operations (admin) ------------------------------------------------------------------
 

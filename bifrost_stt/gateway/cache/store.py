@@ -114,7 +114,6 @@ CREATE TRIGGER IF NOT EXISTS cache_entries_removed AFTER DELETE ON cache_entries
     BEGIN UPDATE cache_size SET total = total - OLD.size WHERE id = 1; END;
 """
 ROW_OVERHEAD = 256  # bytes counted per entry beyond its payload (key, ids, index rows)
-EVICT_BATCH = 32
 
 
 def default_path() -> Path:
@@ -215,13 +214,15 @@ class SQLiteStore:
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (entry.key, entry.cache_id, entry.partition, entry.payload, size, entry.expires_at, now),
                 )
-            while db.execute("SELECT total FROM cache_size WHERE id = 1").fetchone()[0] > self.max_bytes:
-                removed = db.execute(
-                    "DELETE FROM cache_entries WHERE key IN "
-                    "(SELECT key FROM cache_entries ORDER BY used_at LIMIT ?)", (EVICT_BATCH,)
-                ).rowcount
-                if not removed:
-                    break
+            excess = db.execute("SELECT total FROM cache_size WHERE id = 1").fetchone()[0] - self.max_bytes
+            if excess > 0:  # least recently used first, just enough of them
+                doomed: list[tuple[str]] = []
+                for key, size in db.execute("SELECT key, size FROM cache_entries ORDER BY used_at"):
+                    doomed.append((key,))
+                    excess -= size
+                    if excess <= 0:
+                        break
+                db.executemany("DELETE FROM cache_entries WHERE key = ?", doomed)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
