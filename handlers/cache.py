@@ -29,13 +29,20 @@ REPLAY_IDLE_TIMEOUT = 60.0  # a replay never waits on anyone; the value only sat
 def hit_served(hit: Hit) -> Served:
     """The stored answer's target, as if it had just answered (``latency`` in extra_fields is the hit's)."""
     origin = hit.origin
-    return Served(origin.provider, origin.model, origin.deployment, origin.fallback_index, time.perf_counter())
+    return Served(
+        provider=origin.provider,
+        model=origin.model,
+        deployment=origin.deployment,
+        fallback_index=origin.fallback_index,
+        started=time.perf_counter(),
+        reported=origin.reported or origin.provider,
+        stream_idle_timeout=REPLAY_IDLE_TIMEOUT,
+    )
 
 
-def hit_response(gateway: Gateway, hit: Hit, request: TranscriptionRequest, route: Route, original: str) -> Response:
+def hit_response(hit: Hit, request: TranscriptionRequest, route: Route, original: str) -> Response:
     """The answer to a request found in the cache; no provider is called."""
     served = hit_served(hit)
-    kind = gateway.kind_of(served.provider)
     if request.stream:
         debug = {"cache_debug": hit.debug}
 
@@ -45,15 +52,12 @@ def hit_response(gateway: Gateway, hit: Hit, request: TranscriptionRequest, rout
         return outbound.stream_response(
             _replay(formats.synthesize_stream(hit.result)),
             served,
-            kind=kind,
-            idle_timeout=REPLAY_IDLE_TIMEOUT,
             original_model=original,
             on_done=on_done,
         )
     return outbound.result_response(
         hit.result,
         served,
-        kind=kind,
         response_format=request.response_format,
         granularities=request.timestamp_granularities,
         original_model=original,

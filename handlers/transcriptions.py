@@ -57,25 +57,16 @@ class TranscriptionHandlers:
             ticket = await self.gateway.cache.ticket(request, headers, form.digests.get("file"))
             hit = await ticket.lookup() if ticket is not None else None
             if hit is not None:  # governance: counted as a request for rate limits, costs no budget
-                return cache.hit_response(self.gateway, hit, request, route, original)
+                return cache.hit_response(hit, request, route, original)
             router = self.gateway.router
-            kind = self.gateway.kind_of
             if request.stream:
                 events, served = await cancel_on_disconnect(router.stream(request))
-                slot = router.slots[served.provider]
-                return outbound.stream_response(
-                    events,
-                    served,
-                    kind=kind(served.provider),
-                    idle_timeout=slot.config.network.stream_idle_timeout_in_seconds,
-                    original_model=original,
-                    on_done=cache.store_on_done(ticket, served),
-                )
+                return outbound.stream_response(events, served, original_model=original,
+                                                on_done=cache.store_on_done(ticket, served))
             result, served = await cancel_on_disconnect(router.transcribe(request))
             return outbound.result_response(
                 result,
                 served,
-                kind=kind(served.provider),
                 response_format=request.response_format,
                 granularities=request.timestamp_granularities,
                 original_model=original,

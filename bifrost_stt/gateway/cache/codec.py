@@ -25,6 +25,7 @@ class Origin:
     model: str
     deployment: str
     fallback_index: int = 0
+    reported: str = ""  # the provider as extra_fields name it (a custom provider's kind); "" = provider
 
 
 def _default(value: Any) -> Any:

@@ -53,6 +53,9 @@ class Answered(Protocol):
     @property
     def fallback_index(self) -> int: ...
 
+    @property
+    def reported(self) -> str: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Hit:
@@ -214,7 +217,7 @@ class Ticket:
             cache_id=self.cache_id,
             partition=self.directive.partition,
             payload=codec.encode(result, Origin(served.provider, served.model, served.deployment,
-                                                served.fallback_index)),
+                                                served.fallback_index, served.reported)),
             expires_at=time.time() + self.directive.ttl,
         )
         if not await self._cache._put(entry):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bifrost_stt.gateway.config.schema import (
+from bifrost_stt.kernel.fields import (
     ConfigError,
     Context,
     Field,
