@@ -138,14 +138,20 @@ class SQLiteStore:
         self.path = Path(path) if path else default_path()
         self.max_bytes = max_bytes
         self._busy_timeout_ms = busy_timeout_ms
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bifrost-stt-cache")
+        self._executor: ThreadPoolExecutor | None = None  # made in start(): a gateway may be started again
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
 
+    def _thread(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            raise sqlite3.ProgrammingError("the cache store is not open")
+        return self._executor
+
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._thread(), fn, *args)
 
     async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bifrost-stt-cache")
         await self._call(self._open_writer)
         # used for reads only, on the loop's thread; a short timeout: a lookup would rather miss than wait
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0.05)
@@ -185,7 +191,7 @@ class SQLiteStore:
         now = time.time()
         if row[3] <= now:
             return None  # removed by the next store's sweep
-        self._executor.submit(self._touch, key, now)  # the LRU stamp: not waited for
+        self._thread().submit(self._touch, key, now)  # the LRU stamp: not waited for
         return Entry(key, row[0], row[1], bytes(row[2]), row[3])
 
     def _touch(self, key: str, now: float) -> None:
@@ -262,4 +268,6 @@ class SQLiteStore:
         if self._writer is not None:
             await self._call(self._writer.close)
             self._writer = None
-        self._executor.shutdown(wait=False)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
