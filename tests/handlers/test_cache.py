@@ -33,8 +33,8 @@ AUDIO = wav_bytes()
 UNIFIED = "/v1/audio/transcriptions"
 
 
-def cached_config(fake: Any, cache: CacheConfig) -> GatewayConfig:
-    return replace(config_with(fake.provider_config()), cache=cache)
+def cached_config(fake: Any, cache: CacheConfig, job_store: str | None = None) -> GatewayConfig:
+    return replace(config_with(fake.provider_config(), job_store_path=job_store), cache=cache)
 
 
 @pytest.fixture
@@ -43,12 +43,14 @@ def store_path(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def start(run_gateway: Callable[..., str], fake_openai: Any, store_path: str) -> Callable[..., httpx.Client]:
+def start(run_gateway: Callable[..., str], fake_openai: Any, store_path: str,
+          tmp_path: Path) -> Callable[..., httpx.Client]:
     """``start(**cache_fields)``: a gateway with its own embedded store; an httpx client on it."""
     clients: list[httpx.Client] = []
 
     def _start(**cache: Any) -> httpx.Client:
-        url = run_gateway(cached_config(fake_openai, CacheConfig(store_path=store_path, **cache)))
+        url = run_gateway(cached_config(fake_openai, CacheConfig(store_path=store_path, **cache),
+                                        job_store=str(tmp_path / "jobs.sqlite3")))
         client = httpx.Client(base_url=url, timeout=10)
         clients.append(client)
         return client
