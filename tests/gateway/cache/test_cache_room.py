@@ -271,3 +271,24 @@ def test_cache_config_mistakes_name_their_path(doc: dict[str, Any], path: str) -
     with pytest.raises(ConfigError) as info:
         from_document(doc, {}, frozenset())
     assert info.value.path == path
+
+
+async def test_the_request_record_gets_cache_debug_and_a_hit_costs_nothing() -> None:
+    from bifrost_stt.gateway.routing.router import Served
+    from bifrost_stt.kernel.record import RequestRecord, bind
+
+    cache = Cache(CacheConfig(), store=MemoryStore())
+    served = Served("openai", "whisper-1", "whisper-1", 0, 0.0, "openai", 60.0)
+    with bind(RequestRecord(operation="createTranscription")) as first:
+        ticket = await cache.ticket(REQUEST, {"x-bf-cache-key": "p"}, DIGEST)
+        assert ticket is not None and await ticket.lookup() is None
+        await ticket.store(TranscriptionResult(text="hi"), served)
+    assert first.cache_debug == {"cache_hit": False, "cache_id": first.id}
+    with bind(RequestRecord(operation="createTranscription")) as second:
+        ticket = await cache.ticket(replace(REQUEST, audio=BytesAudio(b"RIFF" + bytes(100), "b.wav")),
+                                    {"x-bf-cache-key": "p"}, DIGEST)
+        assert ticket is not None
+        hit = await ticket.lookup()
+    assert hit is not None and hit.result.text == "hi"
+    assert second.cache_debug is not None and second.cache_debug["cache_id"] == first.id
+    assert second.cache_debug["cache_hit"] is True and second.cost == 0.0
