@@ -263,11 +263,22 @@ def summary(config: GatewayConfig, path: str | None) -> list[str]:
     server = config.server
     lines.append(f"server: {server.host}:{server.port}, workers {server.workers}, log level {server.log_level}")
     lines.append(f"client: max body {config.client.max_request_body_size_mb} MB")
+    lines.append(_cache_line(config))
     if config.ignored_sections:
         lines.append("ignored (not used for transcription): " + ", ".join(config.ignored_sections))
     if config.unsupported_fields:
         lines.append("unsupported (accepted, no effect here): " + ", ".join(config.unsupported_fields))
     return lines
+
+
+def _cache_line(config: GatewayConfig) -> str:
+    cache = config.cache
+    if not cache.enabled:
+        return "cache: off"
+    where = (f"redis {cache.redis.addr} db {cache.redis.db}, namespace {cache.namespace}" if cache.redis
+             else f"embedded {cache.store_path or 'per-user temp dir'}, at most {cache.max_size_mb} MB")
+    engaged = f"default key {cache.default_cache_key!r}" if cache.default_cache_key else "x-bf-cache-key"
+    return f"cache: {where}; ttl {cache.ttl_seconds:g} s; engaged by {engaged}"
 
 
 if __name__ == "__main__":
