@@ -109,10 +109,8 @@ class Cache:
             return None
         if digest is None:  # not hashed while spooled (a request built elsewhere): read it once more
             digest = await key.audio_digest(request.audio.chunks())
-        current = record.current()
-        cache_id = current.id if current is not None else str(uuid.uuid4())
         entry_key = key.entry_key(request, wanted.partition, digest, self.config)
-        return Ticket(self, request, wanted, entry_key, cache_id)
+        return Ticket(self, request, wanted, entry_key)
 
     # -- guarded store calls ---------------------------------------------------------------------------
 
@@ -174,13 +172,11 @@ async def _done(call: Awaitable[None]) -> bool:
 class Ticket:
     """One request's use of the cache."""
 
-    def __init__(self, cache: Cache, request: TranscriptionRequest, wanted: key.Directive, entry_key: str,
-                 cache_id: str) -> None:
+    def __init__(self, cache: Cache, request: TranscriptionRequest, wanted: key.Directive, entry_key: str) -> None:
         self._cache = cache
         self.request = request
         self.directive = wanted
         self.key = entry_key
-        self.cache_id = cache_id
 
     async def lookup(self) -> Hit | None:
         entry = await self._cache._get(self.key)
@@ -212,9 +208,13 @@ class Ticket:
         """Store a successful answer (unless x-bf-cache-no-store); the miss's cache_debug once stored."""
         if not self.directive.store:
             return None
+        # The id of the request that stores it (read now: an async job's record takes the job's id once
+        # the job exists), which DELETE /api/cache/clear/{requestId} names.
+        current = record.current()
+        cache_id = current.id if current is not None else str(uuid.uuid4())
         entry = Entry(
             key=self.key,
-            cache_id=self.cache_id,
+            cache_id=cache_id,
             partition=self.directive.partition,
             payload=codec.encode(result, Origin(served.provider, served.model, served.deployment,
                                                 served.fallback_index, served.reported)),
@@ -222,8 +222,7 @@ class Ticket:
         )
         if not await self._cache._put(entry):
             return None
-        debug: dict[str, Any] = {"cache_hit": False, "cache_id": self.cache_id}
-        current = record.current()
+        debug: dict[str, Any] = {"cache_hit": False, "cache_id": cache_id}
         if current is not None:
             current.cache_debug = debug
         return debug
