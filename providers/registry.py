@@ -8,6 +8,9 @@ CLI): the module named in its line holds a constant named after the kind in uppe
 (``groq`` -> ``GROQ``, ``opencode-go`` -> ``OPENCODE_GO``), or, when the module implements only that
 kind, ``CAPABILITIES``. The constant is a ``Capabilities`` or a value carrying one as ``.capabilities``
 (an ``openai_compat.Vendor``); the provider object's ``capabilities`` is that same value.
+
+A module whose provider takes settings of its own (besides upstream's section fields) declares them as a
+``ProviderSection`` constant ``SECTION`` (``section``); the config loader reads it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from types import MappingProxyType
 
 import httpx
 
-from bifrost_stt.kernel.settings import ProviderConfig
+from bifrost_stt.kernel.settings import ProviderConfig, ProviderSection
 from bifrost_stt.kernel.capabilities import Capabilities, Transcriber
 
 Factory = Callable[[ProviderConfig, httpx.AsyncClient], object]
@@ -35,6 +38,7 @@ PROVIDERS: Mapping[str, str] = MappingProxyType(
         "fireworks": "bifrost_stt.providers.openai_family:create_fireworks",
         "gemini": "bifrost_stt.providers.gemini:create",
         "deepgram": "bifrost_stt.providers.deepgram:create",
+        "local": "bifrost_stt.providers.local:create",
     }
 )
 
@@ -90,3 +94,12 @@ def capabilities(kind: str) -> Capabilities:
             " (or a Vendor carrying them) and use it as the provider's .capabilities"
         )
     return caps
+
+
+def section(kind: str) -> ProviderSection | None:
+    """The ``SECTION`` a kind's module declares (its own settings), or None; None for an unknown kind."""
+    target = PROVIDERS.get(kind)
+    if target is None:
+        return None
+    value = getattr(importlib.import_module(target.partition(":")[0]), "SECTION", None)
+    return value if isinstance(value, ProviderSection) else None

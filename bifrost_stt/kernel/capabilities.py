@@ -63,3 +63,14 @@ class StreamingTranscriber(Protocol):
         """Open the upstream stream. Errors before the first event raise UpstreamError from the iterator's
         first ``__anext__``, so the router can still retry or fall back."""
         ...
+
+
+@runtime_checkable
+class ModelCatalog(Protocol):
+    """A provider that knows its models by name and has a default (the local engine). When it is the only
+    provider configured, bare model names it does not know (``whisper-1``) are served by its default."""
+
+    @property
+    def default_model(self) -> str: ...
+
+    def knows(self, model: str) -> bool: ...

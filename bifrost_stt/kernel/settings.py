@@ -6,9 +6,10 @@ Everything here is immutable; secrets are ``Secret`` so a repr, a log line or an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 
 class Secret:
@@ -99,6 +100,40 @@ class ProviderConfig:
     request_path_overrides: Mapping[str, str] = field(default_factory=_frozen)
     # custom_provider_config.allowed_requests, the request types set true; None = every type (upstream default)
     allowed_requests: frozenset[str] | None = None
+    # The provider module's own settings (its ``ProviderSection.read`` result); None for providers without any.
+    options: object = None
+
+
+class OptionError(ValueError):
+    """A provider's own setting is wrong. ``field`` is its name inside the ``providers.<id>`` section."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSection:
+    """What a provider module adds to its ``providers.<id>`` section, declared by the module itself.
+
+    A module exports it as the constant ``SECTION`` (read by ``providers.registry.section``). The config
+    loader hands the fields named in ``fields`` to ``read``, which checks them (``OptionError`` naming the
+    field) and returns the value kept in ``ProviderConfig.options``; upstream's fields are checked as for
+    every provider. Nothing here names a vendor: the module owns its settings and their defaults.
+    """
+
+    fields: frozenset[str]
+    read: Callable[[Mapping[str, Any]], object]
+    key_less: bool = False  # needs no ``keys``
+    # The admission limits (``ProviderConfig.concurrency``) from the options and what the file gave, if
+    # anything, as ``concurrency_and_buffer_size``; None: the file's value or the defaults.
+    admission: Callable[[object, ConcurrencyConfig | None], ConcurrencyConfig] | None = None
+    # When the provider may be added without being configured: installed() true (optional dependencies
+    # present). ``beside``: the section it gets next to providers configured from the environment (None:
+    # only added when nothing else is configured, with an empty section).
+    installed: Callable[[], bool] | None = None
+    beside: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

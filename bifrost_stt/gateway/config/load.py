@@ -3,7 +3,8 @@
 Layers, lowest first: dataclass defaults → the file (or, without a file, ``<KIND>_API_KEY`` variables) →
 ``BIFROST_STT_HOST`` / ``_PORT`` / ``_MAX_BODY_MB`` → command-line overrides (``apply_overrides``).
 
-An upstream user's config.json loads unchanged: sections that do not concern transcription are listed in
+A file (or an environment) that configures no provider gets the local engine when it is installed
+(``IMPLICIT_KINDS``; its module's ``ProviderSection`` says how). An upstream user's config.json loads unchanged: sections that do not concern transcription are listed in
 ``ignored_sections``, settings we accept but cannot honour in ``unsupported_fields`` (the CLI logs both once).
 Every mistake is a ``ConfigError`` naming its dotted path; no message ever contains a key's value.
 The file's shape lives in ``bifrost_stt.gateway.config.schema`` as tables; this module only turns checked values into
@@ -42,7 +43,9 @@ from bifrost_stt.kernel.settings import (
     GatewayConfig,
     KeyConfig,
     NetworkConfig,
+    OptionError,
     ProviderConfig,
+    ProviderSection,
     ServerConfig,
     Secret,
 )
@@ -57,6 +60,10 @@ OVERRIDES_ENV = "BIFROST_STT_OVERRIDES"  # JSON of the command-line overrides, d
 
 # Kinds that make sense without a key (self-hosted servers): a base URL variable alone configures them.
 KEYLESS_KINDS = frozenset({"vllm"})
+
+# Engines that need no configuration at all: added when installed (their module's SECTION.installed()) and
+# nothing else is configured, or (SECTION.beside) next to providers configured from the environment.
+IMPLICIT_KINDS = ("local",)
 
 # Zero-config variables that differ from the generic <KIND>_API_KEY / <KIND>_BASE_URL pattern.
 AZURE_ENV = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_VERSION")
@@ -149,6 +156,8 @@ def from_document(document: Any, env: Mapping[str, str], known_kinds: frozenset[
         built = _provider(pid, raw, ctx, known_kinds, version, direct_default)
         if built is not None:
             providers[pid] = built
+    if not providers:
+        providers.update(_implicit(known_kinds, beside=False))
     return GatewayConfig(
         providers=MappingProxyType(providers),
         client=ClientConfig(**client),
@@ -170,6 +179,11 @@ def _provider(
             ctx.ignored.append(path)
             return None
         raise ConfigError(path, "unknown provider" + suggestion(pid, known) + _kinds_hint(known))
+    # The kind's module may declare fields of its own (ProviderSection): read by that module, not here.
+    declared = obj.get("custom_provider_config")
+    own_kind = declared.get("base_provider_type", pid) if isinstance(declared, Mapping) else pid
+    own = _section(own_kind) if own_kind in known else None
+    own_fields = {k: obj.pop(k) for k in list(obj) if own is not None and k in own.fields and k not in PROVIDER}
     fields = read_section(obj, path, PROVIDER, ctx)
     custom = fields.get("custom_provider_config", {})
     kind = custom.get("base_provider_type", pid)
@@ -178,7 +192,8 @@ def _provider(
             f"{path}.custom_provider_config.base_provider_type",
             f"unknown provider kind {kind!r}" + suggestion(kind, known) + _kinds_hint(known),
         )
-    key_less = custom.get("is_key_less", False)
+    options, concurrency = _own_settings(own, own_fields, path, fields.get("concurrency_and_buffer_size"))
+    key_less = custom.get("is_key_less", False) or (own is not None and own.key_less)
     raw_keys = fields.get("keys", [])
     if not raw_keys and not key_less:
         raise ConfigError(f"{path}.keys", "at least one key is required (or custom_provider_config.is_key_less)")
@@ -194,15 +209,45 @@ def _provider(
         kind=kind,
         keys=keys,
         network=_network(fields.get("network_config", {}), f"{path}.network_config"),
-        concurrency=ConcurrencyConfig(**fields["concurrency_and_buffer_size"])
-        if "concurrency_and_buffer_size" in fields
-        else ConcurrencyConfig(),
+        concurrency=concurrency,
         allow_direct_keys=fields.get("allow_direct_keys", direct_default),
         is_key_less=key_less,
         store_raw_request_response=fields.get("store_raw_request_response", False),
         request_path_overrides=MappingProxyType(custom.get("request_path_overrides", {})),
         allowed_requests=None if allowed is None else frozenset(k for k, on in allowed.items() if on),
+        options=options,
     )
+
+
+def _own_settings(
+    own: ProviderSection | None, raw: Mapping[str, Any], path: str, given: Mapping[str, int] | None
+) -> tuple[object, ConcurrencyConfig]:
+    """A provider module's own settings (``ProviderSection``) and the admission limits they imply."""
+    limits = ConcurrencyConfig(**given) if given is not None else None
+    if own is None:
+        return None, limits or ConcurrencyConfig()
+    try:
+        options = own.read(raw)
+        if own.admission is not None:
+            limits = own.admission(options, limits)
+    except OptionError as exc:
+        raise ConfigError(f"{path}.{exc.field}" if exc.field else path, exc.message) from None
+    return options, limits or ConcurrencyConfig()
+
+
+def _implicit(known: frozenset[str], *, beside: bool) -> dict[str, ProviderConfig]:
+    """The IMPLICIT_KINDS that are installed: alone (nothing else configured), or ``beside`` providers from
+    the environment when their module allows it (``ProviderSection.beside``)."""
+    out: dict[str, ProviderConfig] = {}
+    for kind in IMPLICIT_KINDS:
+        own = _section(kind) if kind in known else None
+        if own is None or own.installed is None or not own.installed():
+            continue
+        if beside and own.beside is None:
+            continue
+        options, limits = _own_settings(own, own.beside if beside and own.beside else {}, f"providers.{kind}", None)
+        out[kind] = ProviderConfig(id=kind, kind=kind, is_key_less=own.key_less, concurrency=limits, options=options)
+    return out
 
 
 def _key(raw: Any, path: str, kind: str, ctx: Context, version: int) -> KeyConfig:
@@ -266,12 +311,16 @@ def env_hint(kind: str) -> str:
 
 
 def from_environment(env: Mapping[str, str], known_kinds: frozenset[str]) -> GatewayConfig:
-    """Zero-config: one provider per known kind whose ``<KIND>_API_KEY`` is set (Azure: AZURE_OPENAI_*)."""
+    """Zero-config: one provider per known kind whose ``<KIND>_API_KEY`` is set (Azure: AZURE_OPENAI_*), and
+    the installed engines of ``IMPLICIT_KINDS`` (the local engine: alone when no key is set, else beside)."""
     providers: dict[str, ProviderConfig] = {}
     for kind in sorted(known_kinds):
+        if kind in IMPLICIT_KINDS:
+            continue
         built = _azure_from_env(env) if kind == "azure" else _generic_from_env(kind, env)
         if built is not None:
             providers[kind] = built
+    providers.update(_implicit(known_kinds, beside=bool(providers)))
     return GatewayConfig(providers=MappingProxyType(providers))
 
 
@@ -331,3 +380,9 @@ def _registry_kinds() -> frozenset[str]:
     from bifrost_stt.providers.registry import known  # imported on use: the registry imports provider modules
 
     return known()
+
+
+def _section(kind: str) -> ProviderSection | None:
+    from bifrost_stt.providers.registry import section  # imported on use, as above
+
+    return section(kind)
