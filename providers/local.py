@@ -56,9 +56,12 @@ from bifrost_stt.kernel.canonical import (
     Usage,
     Word,
 )
-from bifrost_stt.kernel.capabilities import Attempt, Capabilities
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities, ConfigSpec
 from bifrost_stt.kernel.errors import ClientError, GatewayError, PayloadTooLarge, UpstreamError
-from bifrost_stt.kernel.settings import ConcurrencyConfig, OptionError, ProviderConfig, ProviderSection
+from bifrost_stt.kernel.fields import (
+    ConfigError, Context, Field, as_object, boolean, integer, join, positive_number, string,
+)
+from bifrost_stt.kernel.settings import ConcurrencyConfig, ProviderConfig
 
 if TYPE_CHECKING:
     from bifrost_stt.providers import local_engine
@@ -114,66 +117,53 @@ def installed() -> bool:
     return importlib.util.find_spec(ENGINE_PACKAGE) is not None
 
 
-def read_options(raw: Mapping[str, Any]) -> LocalOptions:
-    """Check the section's own fields; ``OptionError`` names the first wrong one."""
-    if not installed():
-        raise OptionError("", f"the local engine is not installed: {EXTRA}")
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name == "models":
-            values[name] = MappingProxyType(_model_folders(value))
-        elif name in ("default_model", "compute_type"):
-            if not isinstance(value, str) or not value:
-                raise OptionError(name, "expected a non-empty string")
-            if name == "compute_type" and value not in COMPUTE_TYPES:
-                raise OptionError(name, f"must be one of {', '.join(COMPUTE_TYPES)}; got {value!r}")
-            values[name] = value
-        elif name in ("preload", "vad_filter"):
-            if not isinstance(value, bool):
-                raise OptionError(name, "expected a boolean")
-            values[name] = value
-        elif name in ("concurrency", "cpu_threads", "beam_size"):
-            least = 0 if name == "cpu_threads" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise OptionError(name, f"expected an integer of at least {least}")
-            values[name] = value
-        elif name == "max_audio_seconds":
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise OptionError(name, "expected a number greater than 0")
-            values[name] = float(value)
-    return LocalOptions(**values)
-
-
-def _model_folders(value: Any) -> dict[str, str]:
-    if not isinstance(value, Mapping):
-        raise OptionError("models", "expected an object {name: model folder}")
+def _model_folders(value: Any, path: str, ctx: Context) -> dict[str, str]:
     out: dict[str, str] = {}
-    for name, path in value.items():
-        if not isinstance(name, str) or not name or "/" in name:
-            raise OptionError("models", f"model names must be non-empty and without '/'; got {name!r}")
-        if not isinstance(path, str) or not os.path.isfile(os.path.join(path, "model.bin")):
-            raise OptionError(f"models.{name}", "expected the path of a CTranslate2 model folder (holding model.bin)")
-        out[name] = path
+    for name, folder in as_object(value, path, ctx).items():
+        if not name or "/" in name:
+            raise ConfigError(join(path, name), "a model name must be non-empty and without '/' (requests say local/<name>)")
+        if not isinstance(folder, str) or not os.path.isfile(os.path.join(folder, "model.bin")):
+            raise ConfigError(join(path, name), "expected the path of a CTranslate2 model folder (holding model.bin)")
+        out[name] = folder
     return out
 
 
-def admission(options: object, given: ConcurrencyConfig | None) -> ConcurrencyConfig:
-    """The router's admission limits are the pool's: ``concurrency`` decodes at once, the rest wait."""
-    asked = options.concurrency if isinstance(options, LocalOptions) else None
+FIELDS: Mapping[str, Field] = MappingProxyType({
+    "models": Field(_model_folders),
+    "default_model": Field(string(non_empty=True)),
+    "preload": Field(boolean),
+    "concurrency": Field(integer(minimum=1)),
+    "cpu_threads": Field(integer(minimum=0)),
+    "compute_type": Field(string(choices=COMPUTE_TYPES)),
+    "vad_filter": Field(boolean),
+    "beam_size": Field(integer(minimum=1)),
+    "max_audio_seconds": Field(positive_number),
+})
+
+
+def read_options(values: Mapping[str, Any], given: ConcurrencyConfig | None = None,
+                 path: str = "providers.local") -> tuple[LocalOptions, ConcurrencyConfig]:
+    """The engine's settings from its checked fields, and the router's admission limits, which are the
+    pool's: ``concurrency`` decodes at once (or ``concurrency_and_buffer_size``'s), 16 waiting by default."""
+    if not installed():
+        raise ConfigError(path, f"the local engine is not installed: {EXTRA}")
+    fields = dict(values)
+    if "models" in fields:
+        fields["models"] = MappingProxyType(fields["models"])
+    options = LocalOptions(**fields)
+    asked = options.concurrency
     if given is None:
-        return ConcurrencyConfig(concurrency=asked or 1, buffer_size=DEFAULT_BUFFER)
+        return options, ConcurrencyConfig(concurrency=asked or 1, buffer_size=DEFAULT_BUFFER)
     if asked is not None and asked != given.concurrency:
-        raise OptionError("concurrency", f"says {asked} but concurrency_and_buffer_size.concurrency says "
+        raise ConfigError(join(path, "concurrency"), f"says {asked} but concurrency_and_buffer_size.concurrency says "
                           f"{given.concurrency}; give one of them")
-    return given
+    return options, given
 
 
-SECTION = ProviderSection(
-    fields=frozenset({"models", "default_model", "preload", "concurrency", "cpu_threads", "compute_type",
-                      "vad_filter", "beam_size", "max_audio_seconds"}),
-    read=read_options,
-    key_less=True,
-    admission=admission,
+LOCAL_CONFIG = ConfigSpec(
+    fields=FIELDS,
+    options=read_options,
+    takes_keys=False,
     installed=installed,
     beside=MappingProxyType({"preload": False}),  # next to cloud providers: loaded on first use
 )
@@ -265,8 +255,8 @@ class Local:
         if isinstance(config.options, LocalOptions):  # built from a config file or the environment
             self.options, self.workers = config.options, max(1, config.concurrency.concurrency)
         else:  # built by hand (tests, embedding): the defaults, not upstream's 1000 in flight
-            self.options = read_options({})
-            self.workers = admission(self.options, None).concurrency
+            self.options, limits = read_options({})
+            self.workers = limits.concurrency
         self.cpu_threads = self.options.cpu_threads or max(1, (os.cpu_count() or 1) // self.workers)
         self._pool = local_engine.Pool(self.workers)
         if self.options.preload:

@@ -6,7 +6,7 @@ Everything here is immutable; secrets are ``Secret`` so a repr, a log line or an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -38,14 +38,17 @@ class Secret:
         return hash(self._value)
 
 
+MAX_RESULT_TTL = 30 * 24 * 3600  # seconds an async job's result may be kept at most: results are not an archive
+
+
+def job_result_ttl(requested: int | None, default: int) -> int:
+    """Seconds to keep an async job's result: the requested TTL when positive, else ``default``; clamped to
+    ``MAX_RESULT_TTL`` (the job's ``expires_at`` shows what was granted)."""
+    return min(requested if requested is not None and requested > 0 else default, MAX_RESULT_TTL)
+
+
 def _frozen(mapping: Mapping[str, str] | None = None) -> Mapping[str, str]:
     return MappingProxyType(dict(mapping or {}))
-
-
-@dataclass(frozen=True, slots=True)
-class AzureKeyConfig:
-    endpoint: str
-    api_version: str = "2024-10-21"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +59,13 @@ class KeyConfig:
     models: tuple[str, ...] = ("*",)  # ("*",) = every model; () = none
     aliases: Mapping[str, str] = field(default_factory=_frozen)  # model -> deployment / upstream id
     enabled: bool = True
-    azure: AzureKeyConfig | None = None
-    url: str | None = None  # vllm_key_config.url: a per-key server
-    model_name: str | None = None  # vllm_key_config.model_name
+    # Vendor sections (``azure_key_config``, ``vllm_key_config``), checked against the owning provider's
+    # ConfigSpec: section name -> field values. Only that provider reads them.
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        """One vendor section's values ({} when the key has none)."""
+        return self.sections.get(name) or MappingProxyType({})
 
     def allows(self, model: str) -> bool:
         return self.enabled and ("*" in self.models or model in self.models)
@@ -100,40 +107,9 @@ class ProviderConfig:
     request_path_overrides: Mapping[str, str] = field(default_factory=_frozen)
     # custom_provider_config.allowed_requests, the request types set true; None = every type (upstream default)
     allowed_requests: frozenset[str] | None = None
-    # The provider module's own settings (its ``ProviderSection.read`` result); None for providers without any.
+    # The provider's own settings (fields its ConfigSpec declares for its section, e.g. the local engine's
+    # models and pool), as that provider's ``ConfigSpec.options`` built them; None for providers without any.
     options: object = None
-
-
-class OptionError(ValueError):
-    """A provider's own setting is wrong. ``field`` is its name inside the ``providers.<id>`` section."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderSection:
-    """What a provider module adds to its ``providers.<id>`` section, declared by the module itself.
-
-    A module exports it as the constant ``SECTION`` (read by ``providers.registry.section``). The config
-    loader hands the fields named in ``fields`` to ``read``, which checks them (``OptionError`` naming the
-    field) and returns the value kept in ``ProviderConfig.options``; upstream's fields are checked as for
-    every provider. Nothing here names a vendor: the module owns its settings and their defaults.
-    """
-
-    fields: frozenset[str]
-    read: Callable[[Mapping[str, Any]], object]
-    key_less: bool = False  # needs no ``keys``
-    # The admission limits (``ProviderConfig.concurrency``) from the options and what the file gave, if
-    # anything, as ``concurrency_and_buffer_size``; None: the file's value or the defaults.
-    admission: Callable[[object, ConcurrencyConfig | None], ConcurrencyConfig] | None = None
-    # When the provider may be added without being configured: installed() true (optional dependencies
-    # present). ``beside``: the section it gets next to providers configured from the environment (None:
-    # only added when nothing else is configured, with an empty section).
-    installed: Callable[[], bool] | None = None
-    beside: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

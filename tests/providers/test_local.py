@@ -306,9 +306,10 @@ def test_settings_are_read_from_the_providers_local_section() -> None:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"concurrency": 0}, "providers.local.concurrency: expected an integer of at least 1"),
+        ({"concurrency": 0}, "providers.local.concurrency: must be at least 1"),
         ({"compute_type": "int4"}, "providers.local.compute_type: must be one of"),
-        ({"vad_filter": "yes"}, "providers.local.vad_filter: expected a boolean"),
+        ({"vad_filter": "yes"}, "providers.local.vad_filter: expected boolean"),
+        ({"keys": [{"name": "k", "value": "v"}]}, "providers.local.keys: local takes no keys"),
         ({"models": {"x": "/nonexistent"}}, "providers.local.models.x: expected the path of a CTranslate2 model"),
         ({"modles": {}}, 'providers.local.modles: unknown field'),
         ({"concurrency": 2, "concurrency_and_buffer_size": {"concurrency": 3, "buffer_size": 1}},
@@ -342,7 +343,7 @@ def test_without_the_engine_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     from bifrost_stt.providers import local as local_module
 
     monkeypatch.setattr(local_module, "installed", lambda: False)
-    monkeypatch.setattr(local_module, "SECTION", replace(local_module.SECTION, installed=lambda: False))
+    monkeypatch.setattr(local_module, "LOCAL_CONFIG", replace(local_module.LOCAL_CONFIG, installed=lambda: False))
     assert load_config(None, {}).providers == {}  # the plain wheel: nothing configured, as before
     with pytest.raises(ConfigError, match=r"^providers.local: the local engine is not installed: pip install"):
         from_document({"providers": {"local": {}}}, {}, registry.known())

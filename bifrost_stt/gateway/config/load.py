@@ -4,7 +4,7 @@ Layers, lowest first: dataclass defaults → the file (or, without a file, ``<KI
 ``BIFROST_STT_HOST`` / ``_PORT`` / ``_MAX_BODY_MB`` → command-line overrides (``apply_overrides``).
 
 A file (or an environment) that configures no provider gets the local engine when it is installed
-(``IMPLICIT_KINDS``; its module's ``ProviderSection`` says how). An upstream user's config.json loads unchanged: sections that do not concern transcription are listed in
+(``IMPLICIT_KINDS``). An upstream user's config.json loads unchanged: sections that do not concern transcription are listed in
 ``ignored_sections``, settings we accept but cannot honour in ``unsupported_fields`` (the CLI logs both once).
 Every mistake is a ``ConfigError`` naming its dotted path; no message ever contains a key's value.
 The file's shape lives in ``bifrost_stt.gateway.config.schema`` as tables; this module only turns checked values into
@@ -22,30 +22,25 @@ from typing import Any
 
 import yaml
 
-from bifrost_stt.gateway.config.schema import (
-    CLIENT,
-    KEY,
-    PROVIDER,
-    SERVER,
-    TOP,
-    UPSTREAM_PROVIDER_IDS,
+from bifrost_stt.gateway.config.schema import CLIENT, KEY, PROVIDER, SERVER, TOP, UPSTREAM_PROVIDER_IDS
+from bifrost_stt.kernel.capabilities import ConfigSpec
+from bifrost_stt.kernel.fields import (
     ConfigError,
     Context,
+    Field,
     as_object,
     header_value,
     read_section,
+    section,
     suggestion,
 )
 from bifrost_stt.kernel.settings import (
-    AzureKeyConfig,
     ClientConfig,
     ConcurrencyConfig,
     GatewayConfig,
     KeyConfig,
     NetworkConfig,
-    OptionError,
     ProviderConfig,
-    ProviderSection,
     ServerConfig,
     Secret,
 )
@@ -58,15 +53,9 @@ __all__ = [
 CONFIG_ENV = "BIFROST_STT_CONFIG"  # the config path handed from `bifrost-stt serve` to its workers
 OVERRIDES_ENV = "BIFROST_STT_OVERRIDES"  # JSON of the command-line overrides, ditto
 
-# Kinds that make sense without a key (self-hosted servers): a base URL variable alone configures them.
-KEYLESS_KINDS = frozenset({"vllm"})
-
-# Engines that need no configuration at all: added when installed (their module's SECTION.installed()) and
-# nothing else is configured, or (SECTION.beside) next to providers configured from the environment.
+# Engines that need no configuration at all: added when installed (their ConfigSpec's ``installed``) and
+# nothing else is configured, or (``beside``) next to providers configured from the environment.
 IMPLICIT_KINDS = ("local",)
-
-# Zero-config variables that differ from the generic <KIND>_API_KEY / <KIND>_BASE_URL pattern.
-AZURE_ENV = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_VERSION")
 
 # BIFROST_STT_* variable → (section, field, is an integer), applied over the file or the zero-config.
 SERVER_ENV: Mapping[str, tuple[str, str, bool]] = {
@@ -179,12 +168,9 @@ def _provider(
             ctx.ignored.append(path)
             return None
         raise ConfigError(path, "unknown provider" + suggestion(pid, known) + _kinds_hint(known))
-    # The kind's module may declare fields of its own (ProviderSection): read by that module, not here.
     declared = obj.get("custom_provider_config")
-    own_kind = declared.get("base_provider_type", pid) if isinstance(declared, Mapping) else pid
-    own = _section(own_kind) if own_kind in known else None
-    own_fields = {k: obj.pop(k) for k in list(obj) if own is not None and k in own.fields and k not in PROVIDER}
-    fields = read_section(obj, path, PROVIDER, ctx)
+    spec = _spec(declared.get("base_provider_type", pid) if isinstance(declared, Mapping) else pid)
+    fields = read_section(obj, path, {**PROVIDER, **spec.fields} if spec.options else PROVIDER, ctx)
     custom = fields.get("custom_provider_config", {})
     kind = custom.get("base_provider_type", pid)
     if kind not in known:
@@ -192,11 +178,13 @@ def _provider(
             f"{path}.custom_provider_config.base_provider_type",
             f"unknown provider kind {kind!r}" + suggestion(kind, known) + _kinds_hint(known),
         )
-    options, concurrency = _own_settings(own, own_fields, path, fields.get("concurrency_and_buffer_size"))
-    key_less = custom.get("is_key_less", False) or (own is not None and own.key_less)
+    key_less = custom.get("is_key_less", False) or not spec.takes_keys
     raw_keys = fields.get("keys", [])
+    if raw_keys and not spec.takes_keys:
+        raise ConfigError(f"{path}.keys", f"{kind} takes no keys")
     if not raw_keys and not key_less:
         raise ConfigError(f"{path}.keys", "at least one key is required (or custom_provider_config.is_key_less)")
+    options, concurrency = _own_settings(spec, fields, path)
     keys = tuple(_key(item, f"{path}.keys[{i}]", kind, ctx, version) for i, item in enumerate(raw_keys))
     seen: set[str] = set()
     for i, key in enumerate(keys):
@@ -219,65 +207,60 @@ def _provider(
     )
 
 
-def _own_settings(
-    own: ProviderSection | None, raw: Mapping[str, Any], path: str, given: Mapping[str, int] | None
-) -> tuple[object, ConcurrencyConfig]:
-    """A provider module's own settings (``ProviderSection``) and the admission limits they imply."""
+def _own_settings(spec: ConfigSpec, fields: Mapping[str, Any], path: str) -> tuple[object, ConcurrencyConfig]:
+    """The provider's own options (its ConfigSpec ``fields``, built by its ``options``) and admission limits."""
+    given = fields.get("concurrency_and_buffer_size")
     limits = ConcurrencyConfig(**given) if given is not None else None
-    if own is None:
+    if spec.options is None:
         return None, limits or ConcurrencyConfig()
-    try:
-        options = own.read(raw)
-        if own.admission is not None:
-            limits = own.admission(options, limits)
-    except OptionError as exc:
-        raise ConfigError(f"{path}.{exc.field}" if exc.field else path, exc.message) from None
-    return options, limits or ConcurrencyConfig()
+    return spec.options({k: v for k, v in fields.items() if k in spec.fields}, limits, path)
 
 
 def _implicit(known: frozenset[str], *, beside: bool) -> dict[str, ProviderConfig]:
-    """The IMPLICIT_KINDS that are installed: alone (nothing else configured), or ``beside`` providers from
-    the environment when their module allows it (``ProviderSection.beside``)."""
+    """The kinds of IMPLICIT_KINDS that are installed: alone (nothing else is configured), or ``beside``
+    providers from the environment when their ConfigSpec allows it, with its ``beside`` section."""
     out: dict[str, ProviderConfig] = {}
     for kind in IMPLICIT_KINDS:
-        own = _section(kind) if kind in known else None
-        if own is None or own.installed is None or not own.installed():
+        spec = _spec(kind) if kind in known else None
+        if spec is None or spec.installed is None or not spec.installed() or (beside and spec.beside is None):
             continue
-        if beside and own.beside is None:
-            continue
-        options, limits = _own_settings(own, own.beside if beside and own.beside else {}, f"providers.{kind}", None)
-        out[kind] = ProviderConfig(id=kind, kind=kind, is_key_less=own.key_less, concurrency=limits, options=options)
+        path = f"providers.{kind}"
+        fields = read_section(dict(spec.beside or {}) if beside else {}, path, spec.fields, Context(env={}))
+        options, limits = _own_settings(spec, fields, path)
+        out[kind] = ProviderConfig(id=kind, kind=kind, is_key_less=True, concurrency=limits, options=options)
     return out
 
 
 def _key(raw: Any, path: str, kind: str, ctx: Context, version: int) -> KeyConfig:
+    """One key: the shared fields, plus the vendor sections ``kind`` declares in its ``ConfigSpec``."""
+    spec, owners = _spec(kind), _section_owners()
+    table: dict[str, Field] = {**KEY, **{name: Field(section(ks.fields)) for name, ks in spec.key_sections.items()}}
+    name = raw.get("name") if isinstance(raw, Mapping) else None
     try:
-        fields = read_section(raw, path, KEY, ctx)
+        for field_name in (raw if isinstance(raw, Mapping) else {}):
+            if field_name in owners and field_name not in spec.key_sections:
+                raise ConfigError(f"{path}.{field_name}",
+                                  f"only {owners[field_name]} keys take one (this provider is {kind})")
+        fields = read_section(raw, path, table, ctx)
+        for section_name, ks in spec.key_sections.items():
+            if ks.required and section_name not in fields:
+                why = f" ({ks.why})" if ks.why else ""
+                raise ConfigError(f"{path}.{section_name}", f"required for {kind} keys{why}")
     except ConfigError as exc:
-        name = raw.get("name") if isinstance(raw, Mapping) else None
         raise (exc.noting(f'key "{name}"') if isinstance(name, str) and name else exc) from None
-    name = fields["name"]
-    azure = fields.get("azure_key_config")
-    if kind == "azure" and azure is None:
-        raise ConfigError(f"{path}.azure_key_config", f'required for azure keys (its endpoint) (key "{name}")')
-    if kind != "azure" and azure is not None:
-        raise ConfigError(f"{path}.azure_key_config", f"only azure keys take one (this provider is {kind})")
-    vllm = fields.get("vllm_key_config", {})
-    if vllm and kind != "vllm":
-        raise ConfigError(f"{path}.vllm_key_config", f"only vllm keys take one (this provider is {kind})")
     models = fields.get("models", ("*",))
     if version == 1 and not models:
         models = ("*",)  # upstream v1.4 semantics, kept for files that say "version": 1
     return KeyConfig(
-        name=name,
+        name=fields["name"],
         value=Secret(fields.get("value", "")),
         weight=fields.get("weight", 1.0),
         models=models,
         aliases=MappingProxyType(fields.get("aliases", {})),
         enabled=fields.get("enabled", True),
-        azure=None if azure is None else AzureKeyConfig(**azure),
-        url=vllm.get("url"),
-        model_name=vllm.get("model_name"),
+        sections=MappingProxyType(
+            {n: MappingProxyType(fields[n]) for n in spec.key_sections if n in fields}
+        ),
     )
 
 
@@ -296,58 +279,44 @@ def _network(fields: dict[str, Any], path: str) -> NetworkConfig:
 # --- the environment --------------------------------------------------------------------------------------------
 
 
-def env_prefix(kind: str) -> str:
-    """``huggingface`` → ``HUGGINGFACE``; ``opencode-go`` → ``OPENCODE_GO``."""
-    return kind.upper().replace("-", "_")
-
-
-def env_hint(kind: str) -> str:
-    """The environment variables that configure ``kind`` without a file, for error messages."""
-    if kind == "azure":
-        return f"{AZURE_ENV[0]} and {AZURE_ENV[1]}"
-    if kind == "vllm":
-        return "VLLM_BASE_URL"
-    return f"{env_prefix(kind)}_API_KEY"
-
-
 def from_environment(env: Mapping[str, str], known_kinds: frozenset[str]) -> GatewayConfig:
-    """Zero-config: one provider per known kind whose ``<KIND>_API_KEY`` is set (Azure: AZURE_OPENAI_*), and
-    the installed engines of ``IMPLICIT_KINDS`` (the local engine: alone when no key is set, else beside)."""
+    """Zero-config: one provider per known kind whose key variable is set (``<KIND>_API_KEY`` unless the kind
+    declares another), or, for kinds that need no key, whose base URL variable is set; and the installed
+    engines of ``IMPLICIT_KINDS`` (the local engine: alone when nothing else is set, else beside)."""
     providers: dict[str, ProviderConfig] = {}
     for kind in sorted(known_kinds):
         if kind in IMPLICIT_KINDS:
             continue
-        built = _azure_from_env(env) if kind == "azure" else _generic_from_env(kind, env)
+        built = _from_env(kind, env)
         if built is not None:
             providers[kind] = built
     providers.update(_implicit(known_kinds, beside=bool(providers)))
     return GatewayConfig(providers=MappingProxyType(providers))
 
 
-def _generic_from_env(kind: str, env: Mapping[str, str]) -> ProviderConfig | None:
-    key_var, url_var = f"{env_prefix(kind)}_API_KEY", f"{env_prefix(kind)}_BASE_URL"
-    base_url = env.get(url_var) or None
-    network = NetworkConfig(base_url=base_url)
-    if env.get(key_var):
-        value = Secret(header_value(env[key_var], key_var))
-        return ProviderConfig(id=kind, kind=kind, keys=(KeyConfig(name=key_var, value=value),),
-                              network=network)
-    if base_url and kind in KEYLESS_KINDS:
-        return ProviderConfig(id=kind, kind=kind, network=network, is_key_less=True)
-    return None
+def _from_env(kind: str, env: Mapping[str, str]) -> ProviderConfig | None:
+    from bifrost_stt.providers import registry  # imported on use: the registry imports provider modules
 
-
-def _azure_from_env(env: Mapping[str, str]) -> ProviderConfig | None:
-    key_var, endpoint_var, version_var = AZURE_ENV
+    spec = _spec(kind)
+    key_var, url_var = registry.env_vars(kind)
+    network = NetworkConfig(base_url=env.get(url_var) or None)
     if not env.get(key_var):
+        if network.base_url and spec.key_less:
+            return ProviderConfig(id=kind, kind=kind, network=network, is_key_less=True)
         return None
-    if not env.get(endpoint_var):
-        raise ConfigError(endpoint_var, f"required when {key_var} is set (e.g. https://NAME.openai.azure.com)")
-    azure = AzureKeyConfig(endpoint=env[endpoint_var])
-    if env.get(version_var):
-        azure = AzureKeyConfig(endpoint=env[endpoint_var], api_version=env[version_var])
-    key = KeyConfig(name=key_var, value=Secret(header_value(env[key_var], key_var)), azure=azure)
-    return ProviderConfig(id="azure", kind="azure", keys=(key,))
+    for var, example in spec.env_required.items():
+        if not env.get(var):
+            raise ConfigError(var, f"required when {key_var} is set (e.g. {example})")
+    sections: dict[str, dict[str, str]] = {}
+    for var, (section_name, field_name) in spec.env_sections.items():
+        if env.get(var):
+            sections.setdefault(section_name, {})[field_name] = env[var]
+    key = KeyConfig(
+        name=key_var,
+        value=Secret(header_value(env[key_var], key_var)),
+        sections=MappingProxyType({n: MappingProxyType(v) for n, v in sections.items()}),
+    )
+    return ProviderConfig(id=kind, kind=kind, keys=(key,), network=network)
 
 
 def _apply_server_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
@@ -382,7 +351,13 @@ def _registry_kinds() -> frozenset[str]:
     return known()
 
 
-def _section(kind: str) -> ProviderSection | None:
-    from bifrost_stt.providers.registry import section  # imported on use, as above
+def _spec(kind: str) -> ConfigSpec:
+    from bifrost_stt.providers.registry import config_spec
 
-    return section(kind)
+    return config_spec(kind)
+
+
+def _section_owners() -> Mapping[str, str]:
+    from bifrost_stt.providers.registry import key_section_owners
+
+    return key_section_owners()
