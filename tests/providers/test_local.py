@@ -273,13 +273,27 @@ async def test_a_model_by_path_in_the_config(speech: bytes) -> None:
         await impl.aclose()
 
 
-async def test_a_model_that_cannot_load_is_a_503_that_falls_back(local: Local, speech: bytes) -> None:
-    # By name from the hub: no network here (HF_HUB_OFFLINE is honoured the same way), so the load fails.
-    with pytest.raises(UpstreamError) as caught:
-        await transcribe(local, speech, model="Systran/faster-whisper-nonexistent-test-model")
-    err = caught.value
-    assert (err.status, err.code, err.bifrost_error) == (503, "model_unavailable", True)
-    assert err.retryable  # the router falls back (and retries, if configured)
+async def test_a_model_that_cannot_load_is_a_503_that_falls_back(speech: bytes) -> None:
+    # From the hub: no network here (HF_HUB_OFFLINE is honoured the same way), so the load fails.
+    impl = registry.build(local_config(models={"hubbed": "Systran/faster-whisper-nonexistent-test-model"},
+                                       preload=False), httpx.AsyncClient())
+    assert isinstance(impl, Local)
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await transcribe(impl, speech, model="hubbed")
+        err = caught.value
+        assert (err.status, err.code, err.bifrost_error) == (503, "model_unavailable", True)
+        assert err.retryable  # the router falls back (and retries, if configured)
+        # a client cannot name a hub id itself (each model loaded stays in memory)
+        with pytest.raises(ClientError, match="no model 'Systran/faster-whisper-small'"):
+            await transcribe(impl, speech, model="Systran/faster-whisper-small")
+    finally:
+        await impl.aclose()
+
+
+def test_size_names_can_be_turned_off() -> None:
+    impl = registry.build(local_config(downloads=False, preload=False), httpx.AsyncClient())
+    assert isinstance(impl, Local) and impl.knows("tiny.en") and not impl.knows("small")
 
 
 def test_the_model_is_loaded_once_per_process(local: Local) -> None:
@@ -311,6 +325,7 @@ def test_settings_are_read_from_the_providers_local_section() -> None:
         ({"vad_filter": "yes"}, "providers.local.vad_filter: expected boolean"),
         ({"keys": [{"name": "k", "value": "v"}]}, "providers.local.keys: local takes no keys"),
         ({"models": {"x": "/nonexistent"}}, "providers.local.models.x: expected the path of a CTranslate2 model"),
+        ({"models": {"x": "not a hub id"}}, "providers.local.models.x: expected the path of a CTranslate2 model"),
         ({"modles": {}}, 'providers.local.modles: unknown field'),
         ({"concurrency": 2, "concurrency_and_buffer_size": {"concurrency": 3, "buffer_size": 1}},
          "providers.local.concurrency: says 2 but concurrency_and_buffer_size.concurrency says 3"),
