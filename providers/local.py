@@ -30,7 +30,8 @@ Decisions, and why:
 - A file FFmpeg cannot decode is a 400 naming ``file``; audio longer than ``max_audio_seconds`` a 413.
 - Form fields the contract does not name are refused with a 400, except ``chunking_strategy`` (the
   engine always cuts audio itself, with the VAD).
-- ``network_config`` does not apply: there is no network; a decode is bounded by ``max_audio_seconds``.
+- ``network_config`` does not apply (no network; a decode is bounded by ``max_audio_seconds``), except the
+  stream idle timeout the handler applies between two events.
 - Usage is the audio duration (``type: duration``, whole seconds rounded up).
 """
 
