@@ -20,8 +20,10 @@ from bifrost_stt.kernel.canonical import TranscriptionRequest
 from bifrost_stt.kernel.errors import ClientError, GatewayError, NotFound, envelope
 from bifrost_stt.kernel.record import current
 from bifrost_stt.gateway.jobs.record import COMPLETED, FAILED
+from bifrost_stt.gateway.cache.policy import Ticket
 from bifrost_stt.gateway.compose import Gateway
 from bifrost_stt.handlers import outbound
+from bifrost_stt.handlers.cache import hit_served
 from bifrost_stt.handlers.inbound import UNIFIED, build_request, current_form
 from bifrost_stt.handlers.recording import note_request, note_result
 
@@ -51,6 +53,8 @@ class JobHandlers:
                     "POST /v1/audio/transcriptions to stream", param="stream",
                 )
             note_request(request)
+            # Bad cache headers are refused now (400); the lookup itself runs in the job.
+            ticket = await self.gateway.cache.ticket(request, headers, form.digests.get("file"))
             record = current()
             if record is not None:
                 record.detached = True  # the job finishes the record, not the 202
@@ -58,7 +62,7 @@ class JobHandlers:
             audio = form.files.pop("file")
             runner = self.gateway.jobs
             job = await runner.submit(
-                self._work(request, original),
+                self._work(request, original, ticket),
                 ttl=requested_ttl(headers),
                 release=audio.close,
             )
@@ -68,13 +72,21 @@ class JobHandlers:
             form.close()
         return outbound.json_response(job.response(), 202, {"location": f"{JOBS_PATH}/{job.id}"})
 
-    def _work(self, request: TranscriptionRequest, original: str) -> Callable[[], Awaitable[bytes]]:
+    def _work(
+        self, request: TranscriptionRequest, original: str, ticket: Ticket | None
+    ) -> Callable[[], Awaitable[bytes]]:
         gateway = self.gateway
 
         async def transcribe() -> bytes:
             record = current()  # the POST's record: the job's task inherited its context
             try:
-                result, served = await gateway.router.transcribe(request)
+                hit = await ticket.lookup() if ticket is not None else None
+                debug: dict[str, Any] | None
+                if hit is not None:
+                    result, served, debug = hit.result, hit_served(hit), hit.debug
+                else:
+                    result, served = await gateway.router.transcribe(request)
+                    debug = await ticket.store(result, served) if ticket is not None else None
             except GatewayError as err:
                 if record is not None:
                     record.finish(err.status, envelope(err))
@@ -96,6 +108,7 @@ class JobHandlers:
                 granularities=request.timestamp_granularities,
                 original_model=original,
                 text_as_plain=False,  # the unified route's shape: text/srt/vtt as {"text": ...}
+                cache_debug=debug,
             )
             return bytes(response.body)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bifrost_stt.gateway.cache.policy import Cache
 from bifrost_stt.kernel.errors import Overloaded
 from bifrost_stt.kernel.record import RequestRecord
 from bifrost_stt.gateway.access import Access
@@ -17,6 +18,7 @@ from bifrost_stt.gateway.observe import logline, metrics, tracing
 from bifrost_stt.gateway.stores.logs import LogSink
 from bifrost_stt.gateway.routing.admission import ProviderSlot
 from bifrost_stt.gateway.routing.router import Router
+from bifrost_stt.kernel.capabilities import ModelCatalog
 from bifrost_stt.kernel.settings import GatewayConfig
 from bifrost_stt.providers import registry
 from bifrost_stt.providers.http import make_client
@@ -36,6 +38,7 @@ class Gateway:
         self.jobs = JobRunner(config.client)  # async transcription jobs; started and stopped with the gateway
         self.access = Access(config.auth)  # who may call what (admin basic auth; governance adds virtual keys)
         self.logs = LogSink(config.logs_store, config.client, on_drop=metrics.dropped)  # the request-log store
+        self.cache = Cache(config.cache)  # the exact transcription cache; its store opens in start()
 
     @property
     def known_providers(self) -> frozenset[str]:
@@ -45,6 +48,21 @@ class Gateway:
     @property
     def configured(self) -> frozenset[str]:
         return self._configured
+
+    def bare_model(self, model: str, default_provider: str | None) -> tuple[str | None, str]:
+        """Where a model without a provider prefix goes on a route whose default is ``default_provider``.
+
+        Zero config: when the only configured provider knows its models (``ModelCatalog``: the local
+        engine), a bare name goes to it, and a name it does not know (``whisper-1``, an Azure deployment)
+        to its default model. Otherwise the route's default, with the name unchanged.
+        """
+        if default_provider is None or len(self._configured) != 1 or self._router is None:
+            return default_provider, model
+        (only,) = self._configured
+        impl = self._router.slots[only].impl
+        if not isinstance(impl, ModelCatalog):
+            return default_provider, model
+        return only, model if impl.knows(model) else impl.default_model
 
     @property
     def router(self) -> Router:
@@ -66,6 +84,7 @@ class Gateway:
         await self.jobs.start()
         await self.logs.start()
         tracing.setup()  # only when OTEL_* asks for traces
+        await self.cache.start()  # a broken store is logged and serves misses: never a failed start
 
     def finish(self, record: RequestRecord, method: str = "POST") -> None:
         """A request ended: metrics, the request-log store (queued, never waits) and the request line.
@@ -82,6 +101,14 @@ class Gateway:
         await self.jobs.aclose()  # first: cancelling jobs ends their upstream calls before the clients close
         await self.logs.aclose()  # after the jobs: their records are queued by now
         metrics.worker_exit()
+        await self.cache.aclose()
+        for slot in (self._router.slots.values() if self._router is not None else ()):
+            close = getattr(slot.impl, "aclose", None)  # providers holding more than a client (the local engine)
+            if close is not None:
+                try:
+                    await close()
+                except Exception:
+                    log.exception("closing provider %s failed", slot.config.id)
         clients, self._clients = self._clients, []
         for client in clients:
             try:

@@ -201,8 +201,8 @@ SERVER: Mapping[str, Field] = {
 IGNORED_SECTIONS = (
     "access_profiles", "alerting", "audit_logs", "auth_config", "circuit_breaker_config", "cluster_config",
     "config_store", "encryption_key", "env_label", "feature_flags", "framework",
-    "guardrails_config", "large_payload_optimization", "load_balancer_config", "mcp", "plugins",
-    "scim_config", "skills_registry", "source_of_truth", "vector_store", "webhooks", "websocket",
+    "guardrails_config", "large_payload_optimization", "load_balancer_config", "mcp",
+    "scim_config", "skills_registry", "source_of_truth", "webhooks", "websocket",
 )
 
 TOP: Mapping[str, Field] = {
@@ -214,6 +214,9 @@ TOP: Mapping[str, Field] = {
     "$schema": Field(use="silent"),
     "logs_store": Field(section(LOGS_STORE)),
     "governance": Field(governance),
+    # the cache's sections, read by bifrost_stt.gateway.config.cache (their shape lives there)
+    "plugins": Field(),
+    "vector_store": Field(),
     **{name: Field(use="ignore") for name in IGNORED_SECTIONS},
 }
 

@@ -23,6 +23,8 @@ FROM_UPSTREAM: tuple[str, ...] = (
     "getLogsStats",
     "getLogById",
     "deleteLogs",
+    "clearCacheByRequestId",
+    "clearCacheByCacheKey",
 )
 # Declared by openapi/overlay.yaml: our /health (upstream's has another shape) and the /openai/audio alias.
 OURS: tuple[str, ...] = ("getHealth", "openaiCreateTranscriptionAlias")

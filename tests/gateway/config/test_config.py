@@ -42,7 +42,7 @@ UPSTREAM: dict[str, Any] = {
     "config_store": {"enabled": False},
     "logs_store": {"enabled": True, "type": "sqlite", "config": {"path": "./logs.db"}},
     "governance": {"budgets": []},
-    "plugins": [],
+    "plugins": [{"enabled": True, "name": "maxim", "config": {"api_key": "x"}}],
 }
 ENV = {"OPENAI_API_KEY": SECRET, "AZURE_KEY": "az-key", "AZURE_ENDPOINT": "https://eu.openai.azure.com"}
 
@@ -87,8 +87,8 @@ def check_upstream(config: GatewayConfig) -> None:
     assert azure_key.upstream_model("gpt-4o-transcribe") == "g4o"
     assert config.client.drop_excess_requests and config.client.max_request_body_size_mb == 50
     assert config.client.allowed_origins == ("*",)
-    assert set(config.ignored_sections) >= {"encryption_key", "config_store", "governance.budgets", "plugins",
-                                            "client.initial_pool_size", "providers.anthropic"}
+    assert set(config.ignored_sections) >= {"encryption_key", "config_store", "governance.budgets",
+                                            "plugins[0] (maxim)", "client.initial_pool_size", "providers.anthropic"}
     # the request-log store and logging switches are real now
     assert not {"logs_store", "client.enable_logging", "governance"} & set(config.ignored_sections)
     assert config.logs_store.enabled and config.logs_store.path == "./logs.db" and config.client.enable_logging

@@ -48,8 +48,13 @@ OPERATE_OPERATIONS = {
     ("get", "/api/logs/{id}", "getLogById"),
     ("get", "/api/logs/stats", "getLogsStats"),
 }
+# removing cached answers
+CACHE_OPERATIONS = {
+    ("delete", "/api/cache/clear/{requestId}", "clearCacheByRequestId"),
+    ("delete", "/api/cache/clear-by-key/{cacheKey}", "clearCacheByCacheKey"),
+}
 # every operation bifrost.yaml takes from upstream (the parity tests below hold each to upstream's)
-UPSTREAM_OPERATIONS = TRANSCRIPTION_OPERATIONS | OPERATE_OPERATIONS
+UPSTREAM_OPERATIONS = TRANSCRIPTION_OPERATIONS | OPERATE_OPERATIONS | CACHE_OPERATIONS
 INTEGRATION_PATHS = [
     "/openai/v1/audio/transcriptions",
     "/openai/audio/transcriptions",
