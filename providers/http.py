@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
-import re
 import secrets as _secrets
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,11 +37,11 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from bifrost_stt.kernel.canonical import CHUNK_SIZE, AudioSource
-from bifrost_stt.kernel.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from bifrost_stt.kernel.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, scrub, scrub_error
 from bifrost_stt.kernel.settings import ProviderConfig
+from bifrost_stt.providers.limits import ACCEPT_ENCODING
 
 KEEPALIVE_SECONDS = 30.0
-_MASK = "**********"
 
 # --------------------------------------------------------------------------------------------- client
 
@@ -104,7 +103,8 @@ def make_client(config: ProviderConfig) -> httpx.AsyncClient:
     return _CookielessClient(
         transport=AiohttpTransport(client=session),
         timeout=timeout,
-        headers=dict(network.extra_headers),
+        # Only what providers.limits can inflate with a bound (no br/zstd, even when installed).
+        headers={"accept-encoding": ACCEPT_ENCODING, **network.extra_headers},
         follow_redirects=False,
         trust_env=False,  # proxies are the aiohttp session's business; httpx would mount httpcore ones
     )
@@ -254,14 +254,6 @@ def upload_filename(audio: AudioSource) -> tuple[str, str]:
 # -------------------------------------------------------------------------------------- error mapping
 
 
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every occurrence of a secret (and of the word after ``Bearer``) masked."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, _MASK)
-    return re.sub(r"(?i)(bearer\s+)\S+", r"\1" + _MASK, text)
-
-
 def _looks_like_html(body: bytes, content_type: str) -> bool:
     return "html" in content_type or body.lstrip()[:1] == b"<"
 
@@ -300,24 +292,24 @@ async def raise_for_upstream(
         kind = "an empty body" if not body.strip() else (
             "an HTML page" if _looks_like_html(body, content_type) else "a non-JSON body"
         )
-        raise UpstreamUnavailable(
+        raise scrub_error(UpstreamUnavailable(
             f"{provider} answered HTTP {response.status_code} with {kind}",
             provider=provider,
             headers=headers,
             extra={"upstream_status": response.status_code},
-        )
+        ), keys)
     message = error.get("message")
     code = error.get("code")
     param = error.get("param")
-    raise UpstreamError(
-        redact(str(message) if message else f"{provider} answered HTTP {response.status_code}", keys),
+    raise scrub_error(UpstreamError(
+        str(message) if message else f"{provider} answered HTTP {response.status_code}",
         status=response.status_code,
         error_type=str(error.get("type") or "api_error"),
         code=None if code is None else str(code),
         param=None if param is None else str(param),
         provider=provider,
         headers=headers,
-    )
+    ), keys)
 
 
 def _error_object(body: bytes) -> dict[str, Any] | None:
@@ -388,13 +380,13 @@ def map_transport_errors(
         if verdict is None:
             raise
         if verdict:
-            after = f" within {timeout:g} s" if timeout is not None else " in time"
+            after = f" within {timeout:.3g} s" if timeout is not None else " in time"
             raise UpstreamTimeout(
                 f"{provider} did not answer{after}; raise network_config.{setting} for this provider "
                 "if its transcriptions legitimately take longer",
                 provider=provider,
             ) from exc
-        reason = redact(str(exc) or type(exc).__name__, keys)[:200]
+        reason = scrub(str(exc) or type(exc).__name__, keys)[:200]
         # A body cut short (reset or closed before Content-Length was met) is not "unreachable".
         broke_off = isinstance(exc.__cause__, aiohttp.ClientPayloadError) or isinstance(exc, httpx.RemoteProtocolError)
         what = f"{provider} broke off its answer" if broke_off else f"could not reach {provider}"

@@ -77,6 +77,10 @@ class NetworkConfig:
     retry_backoff_max: int = 5000  # ms
     stream_idle_timeout_in_seconds: float = 60.0
     max_conns_per_host: int = 256
+    # Caps on an upstream's answer (ours; a transcript is kilobytes): past one the attempt is a 502.
+    max_response_size_mb: int = 32  # one answer's body, counted as it is decompressed
+    max_stream_event_size_kb: int = 1024  # one server-sent-event line or event
+    max_stream_duration_in_seconds: float | None = None  # a whole stream; None: default_request_timeout_in_seconds
 
 
 @dataclass(frozen=True, slots=True)

@@ -307,6 +307,9 @@ NETWORK: Mapping[str, Field] = {
     "retry_backoff_max": Field(integer(minimum=0)),  # ms
     "stream_idle_timeout_in_seconds": Field(positive_number),
     "max_conns_per_host": Field(integer(minimum=1)),
+    "max_response_size_mb": Field(integer(minimum=1)),  # our own addition
+    "max_stream_event_size_kb": Field(integer(minimum=1)),  # our own addition
+    "max_stream_duration_in_seconds": Field(positive_number),  # our own addition
     "insecure_skip_verify": Field(boolean, use="unsupported"),
     "ca_cert_pem": Field(string(), use="unsupported"),
     "enforce_http2": Field(boolean, use="unsupported"),

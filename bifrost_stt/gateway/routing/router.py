@@ -41,6 +41,7 @@ from bifrost_stt.kernel.errors import (
     PayloadTooLarge,
     UpstreamError,
     UpstreamUnavailable,
+    scrub_error,
 )
 from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig, Secret
 from bifrost_stt.kernel.capabilities import Attempt, Capabilities, ModelAware, StreamingTranscriber, Transcriber
@@ -49,10 +50,7 @@ log = logging.getLogger("bifrost_stt.router")
 T = TypeVar("T")
 
 DIRECT_KEY_NAME = "client-supplied"
-_MASK = "**********"
 _RATE_LIMIT = re.compile(r"rate[ _-]?limit|too many requests|throttl", re.IGNORECASE)
-# A vendor's masked echo of a key: "sk-ab***...***e0b3" or "sk-...e0b3" (OpenAI, Azure and others).
-_MASKED_KEY = re.compile(r"[^\s*]*\*{3,}[^\s.,;:)'\"]*|\b[\w-]{2,}(?:\.{3}|…)[\w-]{3,}\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,14 +213,6 @@ def is_retryable(err: UpstreamError) -> bool:
     return status in RETRYABLE_STATUSES or is_rate_limited(err)
 
 
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` without any key value nor a vendor's masked echo of one."""
-    for secret in secrets:
-        if len(secret) >= 4:
-            text = text.replace(secret, _MASK)
-    return _MASKED_KEY.sub(_MASK, text)
-
-
 # What a provider's conversion code raises when an answer is not the shape it documents (a null where a
 # number belongs, a string for a list): the upstream's fault, so a 502 that is retried and falls back.
 UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, IndexError)
@@ -245,9 +235,8 @@ async def _unreadable_is_upstream(work: Awaitable[T], provider: str) -> T:
 
 
 def _clean(err: GatewayError, secrets: tuple[str, ...], provider: str | None) -> None:
-    """Scrub ``err``'s message in place; name the provider (its kind) when the error does not."""
-    err.message = scrub(err.message, secrets)
-    err.args = (err.message,)
+    """Scrub every string of ``err`` in place; name the provider (its kind) when the error does not."""
+    scrub_error(err, secrets)
     err.provider = err.provider or provider
 
 
@@ -418,13 +407,18 @@ class Router:
         key = self._pick(keys, avoid=set())
         limited: set[int] = set()  # id() of the keys that hit a rate limit on this target
         retry = 0
+        # The request timeout bounds the target as a whole: retries and their backoff share it.
+        deadline = time.monotonic() + net.default_request_timeout_in_seconds
         while True:
             attempt = Attempt(
                 key=key,
                 model=key.upstream_model(request.model) if key else request.model,
-                timeout=net.default_request_timeout_in_seconds,
+                timeout=max(deadline - time.monotonic(), 0.001),
                 fallback_index=index,
                 retry=retry,
+                max_response_bytes=net.max_response_size_mb * 1024 * 1024,
+                max_event_bytes=net.max_stream_event_size_kb * 1024,
+                max_stream_seconds=net.max_stream_duration_in_seconds or net.default_request_timeout_in_seconds,
             )
             try:
                 lease = await slot.admit()
@@ -443,6 +437,10 @@ class Router:
                 retry_after = _retry_after(exc)
                 if retry_after is not None:
                     delay = min(max(delay, retry_after), net.retry_backoff_max / 1000.0)
+                if time.monotonic() + delay >= deadline:
+                    log.info("not retrying %s/%s: the request timeout (%gs) leaves no time for it",
+                             cfg.id, request.model, net.default_request_timeout_in_seconds)
+                    raise
                 if key is not None and is_rate_limited(exc):
                     limited.add(id(key))
                     key = self._pick(keys, avoid=limited, current=key)
@@ -468,7 +466,7 @@ class Router:
         # extra_fields.provider is the contract's provider enum: a custom provider reports its kind
         err.provider = err.provider or slot.config.kind
         err.model = err.model or request.model
-        message = scrub(err.message, secrets)
+        message = scrub_error(err, secrets).message
         if err.status in (401, 403) and key is not None and "(key " not in message:
             message += f" (key {key.name!r})"
         err.message = message
