@@ -151,8 +151,15 @@ class UnsupportedMediaType(ClientError):
 
 
 class Overloaded(GatewayError):
+    """503. Carries ``Retry-After`` (1 s unless the raiser says otherwise): back-pressure is temporary."""
+
     status = 503
     error_type = "service_unavailable"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        if not any(k.lower() == "retry-after" for k in self.headers):
+            self.headers["Retry-After"] = "1"
 
 
 class UpstreamError(GatewayError):
