@@ -12,6 +12,7 @@ from connexion import context
 
 from bifrost_stt.kernel.canonical import AudioSource, TranscriptionRequest
 from bifrost_stt.kernel.errors import ClientError
+from bifrost_stt.kernel.settings import Secret
 from bifrost_stt.gateway.routing.models import resolve_model
 from bifrost_stt.gateway.contract.multipart import ParsedForm, parsed_form
 from bifrost_stt.gateway.compose import Gateway
@@ -41,7 +42,7 @@ def current_form() -> tuple[ParsedForm, dict[str, str]]:
     return form, headers
 
 
-def _direct_key(headers: Mapping[str, str], route: Route) -> str | None:
+def _direct_key(headers: Mapping[str, str], route: Route) -> Secret | None:
     value = headers.get(route.direct_key_header)
     if value is None and route.direct_key_header != "authorization":
         value = headers.get("authorization")
@@ -49,8 +50,10 @@ def _direct_key(headers: Mapping[str, str], route: Route) -> str | None:
         return None
     scheme, _, token = value.partition(" ")
     if token and scheme.lower() == "bearer":
-        return token.strip() or None
-    return value.strip() if route.direct_key_header != "authorization" else None
+        raw: str | None = token.strip() or None
+    else:
+        raw = value.strip() if route.direct_key_header != "authorization" else None
+    return Secret(raw) if raw else None
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

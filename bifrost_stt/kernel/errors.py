@@ -27,30 +27,34 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+_CLIENT_HEADERS = frozenset({"allow", "retry-after"})
+
 MASK = "**********"
 MIN_SECRET = 4  # shorter values are not masked: they would shred ordinary text
-_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s*]\S*")
 # A vendor's masked echo of a key: "sk-ab***...***e0b3" or "sk-...e0b3" (OpenAI, Azure and others).
-_MASKED_KEY = re.compile(r"[^\s*]*\*{3,}[^\s.,;:)'\"]*|\b[\w-]{2,}(?:\.{3}|…)[\w-]{3,}\b")
+_MASKED_ECHO = re.compile(r"[^\s*]*\*{3,}[^\s.,;:)'\"]*|\b[\w-]{2,}(?:\.{3}|…)[\w-]{3,}\b")
+_RATE_LIMIT = re.compile(r"rate[ _-]?limit|too many requests|throttl", re.IGNORECASE)
 
 
-def scrub(text: str, secrets: Iterable[str], *, echoes: bool = True) -> str:
-    """``text`` with every secret value masked.
+def scrub(text: str, secrets: Iterable[str] = (), *, echoes: bool = True) -> str:
+    """``text`` without any of ``secrets`` (key values), a bearer token, or a vendor's masked echo of a key.
 
-    ``echoes`` (error text): also mask the token after ``Bearer`` and a vendor's masked echo of a key
-    ("sk-...e0b3"). Off for transcripts and stream events, where only exact key values are masked (a
-    transcript may well say "bearer" or "f***").
+    The one place that decides what a secret looks like in text; every string that leaves the gateway
+    from an upstream passes through it. ``echoes=False`` (transcripts, stream events) masks only the exact
+    key values: a transcript may well say "bearer" or "f***".
     """
     for secret in secrets:
         if secret and len(secret) >= MIN_SECRET and secret in text:
             text = text.replace(secret, MASK)
     if echoes:
-        text = _MASKED_KEY.sub(MASK, _BEARER.sub(r"\1" + MASK, text))
+        text = _MASKED_ECHO.sub(MASK, _BEARER.sub(r"\1" + MASK, text))
     return text
 
 
 def scrub_bytes(data: bytes, secrets: Iterable[str]) -> bytes:
-    """``scrub(..., echoes=False)`` on raw bytes (an upstream body before it is parsed)."""
+    """``scrub(..., echoes=False)`` on raw bytes (an upstream body or stream line before it is parsed)."""
     for secret in secrets:
         raw = secret.encode() if secret and len(secret) >= MIN_SECRET else b""
         if raw and raw in data:
@@ -68,8 +72,9 @@ def _scrub_value(value: Any, secrets: tuple[str, ...]) -> Any:
     return value
 
 
-def scrub_error(err: GatewayError, secrets: Iterable[str]) -> GatewayError:
-    """Scrub every string ``err`` carries, in place (see ``scrub``); returns ``err``."""
+def scrub_error(err: GatewayError, secrets: Iterable[str] = ()) -> GatewayError:
+    """``scrub`` every string ``err`` carries, in place: message, type, code, param, headers (Retry-After ...)
+    and extra fields. Returns ``err``."""
     keys = tuple(secrets)
     err.message = scrub(err.message, keys)
     err.args = (err.message,)
@@ -79,9 +84,6 @@ def scrub_error(err: GatewayError, secrets: Iterable[str]) -> GatewayError:
     err.headers = {k: scrub(v, keys) for k, v in err.headers.items()}
     err.extra = {k: _scrub_value(v, keys) for k, v in err.extra.items()}
     return err
-
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
-_CLIENT_HEADERS = frozenset({"allow", "retry-after"})
 
 
 class GatewayError(Exception):
@@ -170,8 +172,17 @@ class UpstreamError(GatewayError):
     bifrost_error = False
 
     @property
+    def rate_limited(self) -> bool:
+        """A 429, or an error whose wording says rate limit (some vendors answer 400/403 for it)."""
+        if self.status == 429 or self.extra.get("upstream_status") == 429:
+            return True
+        return any(_RATE_LIMIT.search(s) for s in (self.message, self.code or "", self.error_type) if s)
+
+    @property
     def retryable(self) -> bool:
-        return self.status in RETRYABLE_STATUSES
+        """429/500/502/503/504 (the upstream's own status when a non-JSON body hid it), network, rate limits."""
+        status = self.extra.get("upstream_status", self.status)
+        return status in RETRYABLE_STATUSES or self.rate_limited
 
 
 class UpstreamUnavailable(UpstreamError):
