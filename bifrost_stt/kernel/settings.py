@@ -132,6 +132,13 @@ class ServerConfig:
     workers: int = 1
     log_level: str = "info"
     spec_dir: str | None = None  # `serve --spec-dir`: a directory holding the OpenAPI document; None = bundled
+    # Client connections (bifrost_stt.server.connections): a request's headers must arrive within
+    # header_timeout; its body may pause at most body_timeout, and once it has been arriving that long it
+    # must average min_upload_rate_kb per second. max_connections 0: half the open-file limit.
+    header_timeout_in_seconds: float = 10.0
+    body_timeout_in_seconds: float = 30.0
+    min_upload_rate_kb: int = 8
+    max_connections: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -150,6 +150,10 @@ SERVER: Mapping[str, Field] = {
     "workers": Field(integer(minimum=1)),
     "log_level": Field(string(choices=LOG_LEVELS)),
     "spec_dir": Field(string(non_empty=True)),
+    "header_timeout_in_seconds": Field(positive_number),  # our own addition
+    "body_timeout_in_seconds": Field(positive_number),  # our own addition
+    "min_upload_rate_kb": Field(integer(minimum=0)),  # our own addition
+    "max_connections": Field(integer(minimum=0)),  # our own addition
     "read_buffer_size": Field(use="ignore"),  # upstream's own server setting
 }
 
