@@ -190,9 +190,10 @@ def test_an_endless_stream_of_events_ends_at_the_duration_cap(run_gateway: Calla
 
 
 def test_retries_share_the_request_timeout(run_gateway: Callable[..., str]) -> None:
-    """Each attempt fails with a 500 after 0.4 s; five retries would take 2 s: the 1 s timeout holds."""
+    """Each attempt fails with a 500 after 0.6 s; five retries would take over 3.6 s: the 1 s timeout holds
+    (the second attempt gets what is left of it and times out)."""
     def slow_500(conn: Conn) -> None:
-        time.sleep(0.4)
+        time.sleep(0.6)
         body = b'{"error": {"message": "try again", "type": "server_error"}}'
         conn.head(500, length=len(body))
         conn.send(body)
@@ -203,8 +204,8 @@ def test_retries_share_the_request_timeout(run_gateway: Callable[..., str]) -> N
         r = post(url)
         elapsed = time.monotonic() - started
     assert r.status_code in (500, 504), r.text
-    assert elapsed < 1.6, elapsed
-    assert len(up.requests) <= 3
+    assert elapsed < 2.5, elapsed  # generous: a shared machine; without the shared deadline it is > 3.6 s
+    assert len(up.requests) <= 2
 
 
 def test_a_slow_gzip_bomb_with_a_retry_stays_within_the_request_timeout(run_gateway: Callable[..., str]) -> None:
@@ -217,7 +218,7 @@ def test_a_slow_gzip_bomb_with_a_retry_stays_within_the_request_timeout(run_gate
         elapsed = time.monotonic() - started
     assert r.status_code == 504, r.text[:300]
     assert "default_request_timeout_in_seconds" in r.json()["error"]["message"]
-    assert elapsed < 2, elapsed
+    assert elapsed < 3.5, elapsed  # inflating all 512 MB (and parsing it) takes several seconds more
 
 
 # ------------------------------------------------------------------------------ keys in every field

@@ -31,7 +31,7 @@ def test_trim_runs_once_the_gateway_is_idle_and_not_while_a_request_is_in_flight
     with Hostile(slow) as up:
         url = run_gateway(config_with(provider("openai", up.url)))
         assert httpx.get(f"{url}/health").status_code == 200
-        time.sleep(0.6)
+        time.sleep(1.5)
         assert len(calls) == 1  # idle after /health: one trim
         done: list[int] = []
         worker = threading.Thread(target=lambda: done.append(httpx.post(
@@ -40,12 +40,12 @@ def test_trim_runs_once_the_gateway_is_idle_and_not_while_a_request_is_in_flight
         worker.start()
         time.sleep(0.3)
         assert httpx.get(f"{url}/health").status_code == 200  # ends while the transcription is in flight
-        time.sleep(0.6)
+        time.sleep(1.5)
         assert len(calls) == 1  # not idle: no trim
         release.set()
         worker.join(10)
         assert done == [200]
-        time.sleep(0.6)
+        time.sleep(1.5)
         assert len(calls) == 2
 
 
