@@ -258,3 +258,13 @@ def test_a_full_job_store_is_a_clean_error_without_traceback(run_gateway: Callab
             still = client.get(f"/v1/async/audio/transcriptions/{job}")
             assert still.status_code == 202  # never a half-written result; failed as lost once its lease ends
     assert counters.snapshot().get("job_store_full", 0) == before + 1
+
+
+@pytest.mark.parametrize("deployment", [b"dep%0Aevil", b"dep%0D%0AX:%201", b"dep%00"])
+def test_an_azure_deployment_with_control_characters_is_a_400(run_gateway: Callable[..., str], upstream: Hostile,
+                                                              logged: Any, deployment: bytes) -> None:
+    url = run_gateway(config_with(provider("azure", upstream.url)))
+    path = "/openai/openai/deployments/" + deployment.decode() + "/audio/transcriptions?api-version=2024-10-21"
+    result = send(url, path, [(b"model", b"whisper-1")])
+    assert result[0] in (400, 404), result[2][:300]  # refused by us (400 naming model) or by routing (404)
+    assert upstream.requests == []
