@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 
@@ -72,34 +72,35 @@ class _Inflater:
             )
         self._provider = provider
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """The decoded pieces of ``data`` (each at most STEP bytes); call ``flush`` at the end."""
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The decoded pieces of ``data``, each at most STEP bytes, produced one at a time: the caller
+        counts each before the next is inflated."""
         if self._zlib is None:
-            return [data] if data else []
-        out: list[bytes] = []
-        pending = data
+            if data:
+                yield data
+            return
+        data_at_start = data
+        produced = False
         try:
-            while pending:
-                piece = self._zlib.decompress(pending, STEP)
+            while True:
+                piece = self._zlib.decompress(data, STEP)
+                data = self._zlib.unconsumed_tail
                 if piece:
-                    out.append(piece)
-                pending = self._zlib.unconsumed_tail
-                if self._zlib.eof:
+                    produced = True
+                    yield piece
+                # a full piece may leave output inside zlib even with no input left: ask again
+                if self._zlib.eof or (not data and len(piece) < STEP):
                     break
         except zlib.error:
-            if self._deflate:  # not zlib-wrapped: retry as raw deflate once, from the start of this piece
+            if self._deflate and not produced:  # not zlib-wrapped: raw deflate, from the start of this piece
                 self._deflate = False
                 self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
-                return self.feed(data)
+                yield from self.feed(data_at_start)
+                return
             raise UpstreamUnavailable(
                 f"{self._provider} sent a compressed answer that does not decompress", provider=self._provider
             ) from None
         self._deflate = False  # the first piece decoded: the wrapping is settled
-        return out
-
-    @property
-    def open(self) -> bool:
-        return self._zlib is not None and not self._zlib.eof
 
 
 class BoundedBody:
