@@ -147,6 +147,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn  # imported here so `check-config` and `--help` stay fast
 
+    from bifrost_stt.server import connections
+
+    # Header/body timeouts, a minimum upload rate and a connection cap (server.* settings): see
+    # bifrost_stt.server.connections, on uvicorn's httptools protocol (uvicorn[standard] brings httptools).
+    connections.configure(connections.Limits.of(server))
+    descriptors = connections.raise_open_file_limit()
+    log.info("accepting up to %d connections (open-file limit %d)", connections.current().cap(), descriptors)
     uvicorn.run(
         APP_FACTORY,
         factory=True,
@@ -155,7 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=server.workers,
         lifespan="on",  # a broken wiring must stop the start, not turn every request into a 500
         loop="uvloop" if importlib.util.find_spec("uvloop") else "auto",
-        http="httptools" if importlib.util.find_spec("httptools") else "auto",
+        http=connections.GuardedHttpTools,
         log_level=server.log_level,
         # the JSON format owns every line: uvicorn's own handlers would print theirs as text
         log_config=None if server.log_format == "json" else uvicorn.config.LOGGING_CONFIG,

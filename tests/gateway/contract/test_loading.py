@@ -25,6 +25,7 @@ from bifrost_stt.gateway.contract.loading import (
     select,
     to_connexion,
 )
+from bifrost_stt.gateway.contract.operations import FROM_UPSTREAM, SERVED
 from bifrost_stt.gateway.contract.sync import sync, to_yaml
 
 UPSTREAM_DOC = Path(os.environ.get("BIFROST_STT_UPSTREAM_DOC") or (
@@ -40,21 +41,11 @@ TRANSCRIPTION_OPERATIONS = {
     ("post", "/langchain/v1/audio/transcriptions", "langchainOpenAITranscriptions"),
     ("post", "/pydanticai/v1/audio/transcriptions", "pydanticaiOpenAITranscriptions"),
 }
-# operating the gateway: metrics and the request logs
-OPERATE_OPERATIONS = {
-    ("get", "/metrics", "getMetrics"),
-    ("get", "/api/logs", "getLogs"),
-    ("delete", "/api/logs", "deleteLogs"),
-    ("get", "/api/logs/{id}", "getLogById"),
-    ("get", "/api/logs/stats", "getLogsStats"),
+# Every operation the committed document takes from upstream (transcription, and whatever else is served).
+SERVED_FROM_UPSTREAM = {
+    op for op in operations(yaml.safe_load((OPENAPI_DIR / "bifrost.yaml").read_text(encoding="utf-8")))
+    if op[2] in FROM_UPSTREAM
 }
-# removing cached answers
-CACHE_OPERATIONS = {
-    ("delete", "/api/cache/clear/{requestId}", "clearCacheByRequestId"),
-    ("delete", "/api/cache/clear-by-key/{cacheKey}", "clearCacheByCacheKey"),
-}
-# every operation bifrost.yaml takes from upstream (the parity tests below hold each to upstream's)
-UPSTREAM_OPERATIONS = TRANSCRIPTION_OPERATIONS | OPERATE_OPERATIONS | CACHE_OPERATIONS
 INTEGRATION_PATHS = [
     "/openai/v1/audio/transcriptions",
     "/openai/audio/transcriptions",
@@ -94,8 +85,8 @@ def test_contract_has_the_upstream_operations_plus_ours(contract: dict[str, Any]
     assert TRANSCRIPTION_OPERATIONS <= ops
     assert ("get", "/health", "getHealth") in ops
     assert ("post", "/openai/audio/transcriptions", "openaiCreateTranscriptionAlias") in ops
-    assert UPSTREAM_OPERATIONS <= ops
-    assert len(ops) == len(UPSTREAM_OPERATIONS) + 2
+    assert SERVED_FROM_UPSTREAM <= ops
+    assert len(ops) == len(SERVED_FROM_UPSTREAM) + 2
     assert contract["openapi"] == "3.1.0"
 
 
@@ -502,15 +493,15 @@ def referenced_components(doc: dict[str, Any], node: Any, found: set[str] | None
 
 
 def _upstream_operations(upstream: dict[str, Any]) -> set[tuple[str, str, str]]:
-    wanted = {operation_id for _, _, operation_id in UPSTREAM_OPERATIONS}
+    wanted = {operation_id for _, _, operation_id in SERVED_FROM_UPSTREAM}
     return {op for op in operations(upstream) if op[2] in wanted}
 
 
 def test_upstream_has_the_same_operations_at_the_same_paths(upstream: dict[str, Any]) -> None:
-    assert _upstream_operations(upstream) == UPSTREAM_OPERATIONS
+    assert _upstream_operations(upstream) == SERVED_FROM_UPSTREAM
 
 
-@pytest.mark.parametrize(("method", "path", "operation_id"), sorted(UPSTREAM_OPERATIONS))
+@pytest.mark.parametrize(("method", "path", "operation_id"), sorted(SERVED_FROM_UPSTREAM))
 def test_operation_matches_upstream(
     upstream: dict[str, Any], document: dict[str, Any], method: str, path: str, operation_id: str
 ) -> None:
@@ -523,7 +514,7 @@ def test_operation_matches_upstream(
     assert ours["security"] == theirs["security"]
 
 
-@pytest.mark.parametrize(("method", "path", "operation_id"), sorted(UPSTREAM_OPERATIONS))
+@pytest.mark.parametrize(("method", "path", "operation_id"), sorted(SERVED_FROM_UPSTREAM))
 def test_overlay_only_adds_to_upstream_operations(
     upstream: dict[str, Any], contract: dict[str, Any], method: str, path: str, operation_id: str
 ) -> None:
@@ -558,7 +549,7 @@ def _extends(ours: Any, theirs: Any) -> bool:
 
 def test_component_names_mirror_upstream(upstream: dict[str, Any], document: dict[str, Any]) -> None:
     theirs: set[str] = set()
-    for method, path, _ in UPSTREAM_OPERATIONS:
+    for method, path, _ in SERVED_FROM_UPSTREAM:
         referenced_components(upstream, upstream["paths"][path][method], theirs)
     ours = {
         f"#/components/{kind}/{name}"
@@ -613,15 +604,15 @@ def test_sync_keeps_exactly_the_transcription_operations(
     synced: dict[str, Any], document: dict[str, Any], upstream: dict[str, Any]
 ) -> None:
     assert synced["openapi"] == "3.1.0"
-    assert set(operations(synced)) == UPSTREAM_OPERATIONS
+    assert set(operations(synced)) == SERVED_FROM_UPSTREAM >= TRANSCRIPTION_OPERATIONS
     assert _component_names(synced) == _component_names(document)
     declared = {tag["name"] for tag in upstream["tags"]}  # upstream's getMetrics uses a tag it never declares
     assert {tag["name"] for tag in synced["tags"]} == declared & {
-        tag for method, path, _ in UPSTREAM_OPERATIONS for tag in synced["paths"][path][method]["tags"]
+        tag for method, path, _ in SERVED_FROM_UPSTREAM for tag in synced["paths"][path][method]["tags"]
     }
 
 
-@pytest.mark.parametrize(("method", "path", "operation_id"), sorted(UPSTREAM_OPERATIONS))
+@pytest.mark.parametrize(("method", "path", "operation_id"), sorted(SERVED_FROM_UPSTREAM))
 def test_synced_operation_equals_ours(
     synced: dict[str, Any], document: dict[str, Any], method: str, path: str, operation_id: str
 ) -> None:
@@ -640,7 +631,7 @@ def test_synced_components_equal_ours(synced: dict[str, Any], document: dict[str
 def test_our_overlay_applies_to_a_synced_document(synced: dict[str, Any]) -> None:
     overlay = yaml.safe_load((OPENAPI_DIR / "overlay.yaml").read_text(encoding="utf-8"))
     served = apply_overlay(synced, overlay)
-    assert len(operations(served)) == len(UPSTREAM_OPERATIONS) + 2  # + the alias route and /health
+    assert sorted(op for _, _, op in operations(served)) == sorted(SERVED)
     Specification.load(to_connexion(served))
 
 
