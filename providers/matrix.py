@@ -65,7 +65,28 @@ def render_document() -> str:
         "- **max file size**: the provider's documented upload limit (the gateway's own limit is\n"
         "  `client.max_request_body_size_mb`).\n"
         "- A custom provider (`custom_provider_config.base_provider_type`) has the row of its base kind.\n"
+        + NOTES
     )
+
+
+# Per-kind notes: model strings and base URLs as upstream Bifrost config files write them.
+NOTES = """
+## Model strings and base URLs
+
+A request names `<provider id>/<model>`; everything after the first `/` is the provider's own model string,
+slashes included. The default base URLs are upstream Bifrost's, so an upstream config file works unchanged.
+
+- **`huggingface`**: `huggingface/<inference provider>/<org>/<model>`, as upstream writes it, e.g.
+  `huggingface/hf-inference/openai/whisper-large-v3`, called at
+  `{base}/hf-inference/models/openai/whisper-large-v3` with base `https://router.huggingface.co` (the
+  default). `huggingface/<org>/<model>` is a shorthand for the `hf-inference` provider. Only `hf-inference`
+  takes a raw audio body; other inference providers get `{"inputs": <base64>, "parameters": {...}}`. A
+  `base_url` with a path (`…/hf-inference`, or a dedicated Inference Endpoint) is used as it is:
+  `{base}/models/<org>/<model>`. Names take letters, digits, `-`, `_` and `.`; anything else is a 400.
+- **`gemini`**: base URL `https://generativelanguage.googleapis.com/v1beta` (the default); a base URL that
+  names no API version (`…googleapis.com`) gets `/v1beta`. Calls go to `{base}/models/<model>:generateContent`
+  (`:streamGenerateContent?alt=sse` when streaming).
+"""
 
 
 def sync(path: Path) -> bool:
