@@ -56,9 +56,9 @@ class ProviderSlot:
 
     @property
     def reported(self) -> str:
-        """How responses, stream events and errors name this provider (the contract's provider enum: a
-        custom provider reports the kind of wire it speaks)."""
-        return self.config.kind
+        """How responses, stream events, headers, errors and logs name this provider: its configured id (a
+        named custom provider by its name, as upstream does; a built-in provider's id is its kind)."""
+        return self.config.id
 
     @property
     def capabilities(self) -> Capabilities:
