@@ -60,8 +60,11 @@ def render_document() -> str:
         + render_matrix()
         + "\n"
         "- **native formats**: `response_format` values the provider renders itself (for providers without\n"
-        "  OpenAI's formats: `json` = the transcript, `verbose_json` = the transcript with timings).\n"
-        "- **native streaming**: at least one model streams over SSE; others are streamed by the gateway.\n"
+        "  OpenAI's formats: `json` = the transcript, `verbose_json` = the transcript with timings). Per model\n"
+        "  this is a first guess (gpt-4o-transcribe: json and text only); a format a model refuses is asked\n"
+        "  again as one the gateway renders from, and remembered (see [routing.md](routing.md)).\n"
+        "- **native streaming**: models are asked to stream; SSE answers are relayed, JSON answers (a model\n"
+        "  that does not stream) and providers without streaming are streamed by the gateway.\n"
         "- **max file size**: the provider's documented upload limit (the gateway's own limit is\n"
         "  `client.max_request_body_size_mb`).\n"
         "- A custom provider (`custom_provider_config.base_provider_type`) has the row of its base kind.\n"

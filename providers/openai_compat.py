@@ -4,6 +4,7 @@
     JSON / verbose_json body       --to_result-------> TranscriptionResult
     text / srt / vtt body          --to_result-------> TranscriptionResult(text=body, native=body)
     SSE transcript.text.*          --to_event--------> StreamDelta / StreamDone
+    JSON answer to stream=true     --to_result-------> TranscriptionResult (the gateway streams it)
 
 For text, srt and vtt the raw body is both ``native`` (rendered unchanged by integration routes) and
 ``text`` (the unified route answers ``{"text": "<raw srt>"}`` exactly as upstream Bifrost does).
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
@@ -36,9 +37,9 @@ from bifrost_stt.kernel.canonical import (
 )
 from bifrost_stt.kernel.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
 from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig
-from bifrost_stt.kernel.capabilities import Attempt, Capabilities
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities, StreamItem
 from bifrost_stt.providers.http import multipart_body, parse_json, upload_filename
-from bifrost_stt.providers.wire import event_json, fetch, open_events
+from bifrost_stt.providers.wire import Whole, event_json, fetch, open_answer
 
 ALL_FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt"})
 AZURE_DEFAULT_API_VERSION = "2024-10-21"
@@ -52,8 +53,10 @@ class Vendor:
     url_for: Callable[[str | None, Attempt], str]  # (configured base URL or None, attempt) -> full URL
     auth_headers: Callable[[KeyConfig | None], dict[str, str]]
     capabilities: Capabilities
+    # Models asked for a stream (``stream=true``); the answer decides: SSE is relayed, JSON streamed by the gateway.
     streams: Callable[[str], bool] = lambda model: False
-    # A model whose abilities differ from the vendor's (gpt-4o-transcribe: json/text only, no timestamps).
+    # A first guess at a model whose abilities differ from the vendor's (gpt-4o-transcribe: json/text only, no
+    # timestamps). Only a guess: a format the upstream refuses is learned by the router (routing/learned.py).
     model_capabilities: Callable[[str], Capabilities | None] = lambda model: None
 
 
@@ -62,8 +65,12 @@ def bearer(key: KeyConfig | None) -> dict[str, str]:
     return {"authorization": f"Bearer {key.value.reveal()}"} if key is not None and key.value else {}
 
 
+def any_model(model: str) -> bool:
+    return True
+
+
 def gpt4o_transcribe(model: str) -> bool:
-    """The gpt-4o(-mini)-transcribe family (dated and -diarize variants too) streams; whisper-1 does not."""
+    """The gpt-4o(-mini)-transcribe family (dated and -diarize variants too): json/text only (a first guess)."""
     name = model.rsplit("/", 1)[-1].lower()
     return name.startswith("gpt-4o") and "transcribe" in name
 
@@ -257,22 +264,31 @@ class OpenAICompatible:
             exc.provider = self.name
             raise
 
-    async def stream(self, request: TranscriptionRequest, attempt: Attempt) -> AsyncIterator[StreamEvent]:
-        """Relay the upstream SSE as canonical events.
+    async def stream(self, request: TranscriptionRequest, attempt: Attempt) -> AsyncIterator[StreamItem]:
+        """Relay the upstream SSE as canonical events, or yield the whole transcript when it answers JSON.
 
+        ``stream=true`` and the request's format go upstream as they are (the router chose the format: one
+        the gateway can render a stream from). A model that streams answers SSE; one that does not ignores
+        ``stream`` and answers JSON (OpenAI's whisper-1 does), which is yielded as one TranscriptionResult.
         Nothing runs until the first ``__anext__``, which opens the upstream response and raises
-        UpstreamError for a non-2xx or non-SSE answer before any event. Consumers should close the
-        iterator (``contextlib.aclosing``) so an abandoned stream releases its connection at once.
+        UpstreamError for a non-2xx answer, or one neither SSE nor JSON, before any event. Consumers should
+        close the iterator (``contextlib.aclosing``) so an abandoned stream releases its connection at once.
         """
-        # Stream events carry the transcript only, and streaming models refuse anything but json/text
-        # (and timestamp_granularities with it): the client's format is the gateway's business.
-        wire = replace(request, response_format="json", timestamp_granularities=())
-        events = open_events(
-            self.name, self.client, self._request(wire, attempt, stream=True), attempt,
+        fmt = request.response_format or "json"
+        answer = open_answer(
+            self.name, self.client, self._request(request, attempt, stream=True), attempt,
             idle_timeout=self.config.network.stream_idle_timeout_in_seconds,
         )
         try:
-            async for _, payload in events:
+            async for item in answer:
+                if isinstance(item, Whole):
+                    try:
+                        yield to_result(parse_json(self.name, item.response), fmt)
+                    except GatewayError as exc:
+                        exc.provider = self.name
+                        raise
+                    return
+                _, payload = item
                 if payload.strip() == "[DONE]":
                     return
                 data = event_json(self.name, payload)
@@ -283,7 +299,7 @@ class OpenAICompatible:
                         return
             raise UpstreamUnavailable(f"{self.name} ended the stream before transcript.text.done", provider=self.name)
         finally:
-            await events.aclose()
+            await answer.aclose()
 
 
 # ----------------------------------------------------------------------------------------- vendors
@@ -313,7 +329,7 @@ OPENAI = Vendor(
     capabilities=Capabilities(
         native_formats=ALL_FORMATS, native_stream=True, word_timestamps=True, segment_timestamps=True, max_file_mb=25
     ),
-    streams=gpt4o_transcribe,
+    streams=any_model,  # gpt-4o(-mini)-transcribe and newer models stream; whisper-1 ignores stream=true (JSON)
     model_capabilities=lambda model: GPT4O_TRANSCRIBE if gpt4o_transcribe(model) else None,
 )
 
@@ -363,8 +379,8 @@ AZURE = Vendor(
     url_for=_azure_url,
     auth_headers=_azure_auth,
     capabilities=OPENAI.capabilities,
-    streams=gpt4o_transcribe,  # deployments are usually named after their model
-    model_capabilities=OPENAI.model_capabilities,
+    streams=any_model,  # a deployment is named by its owner: ask every one to stream, the answer decides
+    model_capabilities=OPENAI.model_capabilities,  # a guess from names like "gpt-4o-transcribe"; learned otherwise
 )
 
 

@@ -4,6 +4,7 @@ read server-sent events. Vendors differ only in how their error bodies look, whi
     fetch(...)        one request/answer; raises the mapped UpstreamError; returns the read response
     open_events(...)  an SSE stream as (event name, data) pairs; errors before the first event raise from
                       the first ``__anext__`` (so the router can still retry or fall back)
+    open_answer(...)  the same, or one ``Whole`` when the upstream answered the stream request with JSON
 
 Error hooks (both optional, tried in this order for a non-2xx answer):
     vendor_error(status, parsed JSON or None, retry headers) -> UpstreamError | None
@@ -14,6 +15,7 @@ Anything the hooks leave is mapped by ``providers.http.raise_for_upstream``.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -110,17 +112,17 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str | None
         yield name, "\n".join(data)
 
 
-async def open_events(
+async def _open(
     provider: str,
     client: httpx.AsyncClient,
     request: httpx.Request,
     attempt: Attempt,
     *,
     idle_timeout: float,
-    vendor_error: VendorError | None = None,
-    rewrite_error: RewriteError | None = None,
-) -> AsyncGenerator[tuple[str | None, str], None]:
-    """The upstream's server-sent events; the connection is closed when the iterator ends or is closed."""
+    vendor_error: VendorError | None,
+    rewrite_error: RewriteError | None,
+) -> httpx.Response:
+    """Send a stream request; its open response when 2xx, else the mapped error (the response closed)."""
     secrets = key_secrets(attempt)
     # A stream request's reads are bounded by the idle timeout, the wait for its headers included: when
     # that is the shorter bound, it is the one to name in a timeout error.
@@ -132,13 +134,75 @@ async def open_events(
     try:
         with map_transport_errors(provider, timeout=attempt.timeout, secrets=secrets):
             await check(provider, response, secrets, vendor_error=vendor_error, rewrite_error=rewrite_error)
+    except BaseException:
+        await response.aclose()
+        raise
+    return response
+
+
+def _not_sse(provider: str, content_type: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        f"{provider} answered a stream request with {content_type or 'no content type'} instead of text/event-stream",
+        provider=provider,
+    )
+
+
+async def open_events(
+    provider: str,
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    attempt: Attempt,
+    *,
+    idle_timeout: float,
+    vendor_error: VendorError | None = None,
+    rewrite_error: RewriteError | None = None,
+) -> AsyncGenerator[tuple[str | None, str], None]:
+    """The upstream's server-sent events; the connection is closed when the iterator ends or is closed."""
+    response = await _open(provider, client, request, attempt, idle_timeout=idle_timeout,
+                           vendor_error=vendor_error, rewrite_error=rewrite_error)
+    try:
         content_type = response.headers.get("content-type", "")
         if "text/event-stream" not in content_type:
-            raise UpstreamUnavailable(
-                f"{provider} answered a stream request with {content_type or 'no content type'} "
-                "instead of text/event-stream",
-                provider=provider,
-            )
+            raise _not_sse(provider, content_type)
+        with map_transport_errors(provider, timeout=idle_timeout, setting=IDLE_SETTING, secrets=key_secrets(attempt)):
+            async for event in sse_events(response):
+                yield event
+    finally:
+        await response.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class Whole:
+    """A stream request answered with one JSON body instead of server-sent events."""
+
+    response: httpx.Response  # already read: ``providers.http.parse_json`` gives the vendor's object
+
+
+async def open_answer(
+    provider: str,
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    attempt: Attempt,
+    *,
+    idle_timeout: float,
+    vendor_error: VendorError | None = None,
+    rewrite_error: RewriteError | None = None,
+) -> AsyncGenerator[tuple[str | None, str] | Whole, None]:
+    """Like ``open_events``, but the upstream may also answer JSON (a model that ignores ``stream``): then
+    the one item is ``Whole`` (read within the attempt's timeout). Anything else is a 502."""
+    response = await _open(provider, client, request, attempt, idle_timeout=idle_timeout,
+                           vendor_error=vendor_error, rewrite_error=rewrite_error)
+    secrets = key_secrets(attempt)
+    try:
+        content_type = response.headers.get("content-type", "")
+        if "json" in content_type:
+            with map_transport_errors(provider, timeout=attempt.timeout, secrets=secrets):
+                async with asyncio.timeout(attempt.timeout):
+                    await response.aread()
+            yield Whole(response)
+            return
+        if "text/event-stream" not in content_type:
+            raise _not_sse(provider, content_type)
         with map_transport_errors(provider, timeout=idle_timeout, setting=IDLE_SETTING, secrets=secrets):
             async for event in sse_events(response):
                 yield event

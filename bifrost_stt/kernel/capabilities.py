@@ -53,13 +53,20 @@ class ModelAware(Protocol):
         ...
 
 
+# What a stream yields: events, or (as its one item) the whole transcript when the upstream answered the
+# stream request with JSON instead of server-sent events (a model that does not stream ignores ``stream``).
+StreamItem = StreamEvent | TranscriptionResult
+
+
 @runtime_checkable
 class StreamingTranscriber(Protocol):
     def streams(self, model: str) -> bool:
-        """True when ``model`` streams natively."""
+        """True when ``model`` is to be asked for a stream: a first guess, the upstream's answer decides
+        (``stream`` may yield one TranscriptionResult, which the gateway streams itself)."""
         ...
 
-    def stream(self, request: TranscriptionRequest, attempt: Attempt) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: TranscriptionRequest, attempt: Attempt) -> AsyncIterator[StreamItem]:
         """Open the upstream stream. Errors before the first event raise UpstreamError from the iterator's
-        first ``__anext__``, so the router can still retry or fall back."""
+        first ``__anext__``, so the router can still retry or fall back. A TranscriptionResult is only ever
+        the first and only item."""
         ...

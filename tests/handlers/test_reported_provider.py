@@ -46,9 +46,9 @@ def test_a_result_names_the_custom_provider(gateway: str, fake_openai: FakeOpenA
 
 
 def test_an_error_and_its_log_name_the_custom_provider(
-    gateway: str, fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
+    gateway: str, fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake_openai.keys = {"sk-someone-else"}
+    monkeypatch.setattr(fake_openai, "keys", {"sk-someone-else"})  # restored after the test: the fake is shared
     with caplog.at_level(logging.INFO, logger="bifrost_stt"):
         r = post(gateway)
     assert r.status_code == 401

@@ -276,11 +276,18 @@ def test_setup_failure_raises_in_the_sdk(client: openai.OpenAI, fake_openai: Any
         list(client.audio.transcriptions.create(model=STREAMING_MODEL, file=audio_file(), stream=True))
 
 
-def test_non_sse_answer_to_a_stream_request_is_502(gateway_url: str, fake_openai: Any) -> None:
-    fake_openai.enqueue(Reply(body={"text": TRANSCRIPT}))
+def test_an_answer_neither_sse_nor_json_to_a_stream_request_is_502(gateway_url: str, fake_openai: Any) -> None:
+    fake_openai.enqueue(Reply(body="maintenance until noon", content_type="text/plain"))
     got = post_stream(gateway_url, "/v1/audio/transcriptions", {"model": f"openai/{STREAMING_MODEL}"})
     assert got.status == 502 and got.headers["content-type"] == "application/json"
     assert "text/event-stream" in orjson.loads(got.body)["error"]["message"]
+
+
+def test_a_json_answer_to_a_stream_request_is_streamed_by_the_gateway(gateway_url: str, fake_openai: Any) -> None:
+    fake_openai.enqueue(Reply(body={"text": TRANSCRIPT}))
+    got = post_stream(gateway_url, "/v1/audio/transcriptions", {"model": f"openai/{STREAMING_MODEL}"})
+    assert_well_formed(got, provider="openai", model=STREAMING_MODEL)
+    assert got.done["text"] == TRANSCRIPT and fake_openai.last.field("stream") == "true"
 
 
 def test_error_as_first_event_is_a_plain_json_error(gateway_url: str, fake_openai: Any) -> None:
@@ -381,7 +388,8 @@ def test_non_streaming_model_is_streamed_by_the_gateway(client: openai.OpenAI, f
     assert "".join(e.delta for e in events[:-1]) == events[-1].text == TRANSCRIPT
     assert events[-1].usage is not None and events[-1].usage.type == "duration"
     upstream = fake_openai.last
-    assert upstream.field("stream") is None  # a plain transcription, with segments for the deltas
+    # asked to stream (the answer decides), in a format with segments for the deltas; it answered JSON
+    assert upstream.field("stream") == "true" and len(fake_openai.requests) == 1
     assert upstream.field("response_format") == "verbose_json"
 
 

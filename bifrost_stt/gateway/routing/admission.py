@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import replace
 
+from bifrost_stt.gateway.render import plan
+from bifrost_stt.gateway.routing.learned import Learned
 from bifrost_stt.kernel.capabilities import Capabilities, ModelAware, StreamingTranscriber, Transcriber
 from bifrost_stt.kernel.errors import ClientError, Overloaded
 from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig, Secret
@@ -45,11 +47,15 @@ class Lease:
 
 
 class ProviderSlot:
-    """One configured provider: its implementation, its config and its admission queue."""
+    """One configured provider: its implementation, its config, its admission queue, and what its answers
+    taught the router about its models (``learned``: formats each refused, for a bounded time)."""
 
-    def __init__(self, config: ProviderConfig, impl: Transcriber, *, drop_excess: bool) -> None:
+    def __init__(
+        self, config: ProviderConfig, impl: Transcriber, *, drop_excess: bool, learned: Learned | None = None
+    ) -> None:
         self.config = config
         self.impl = impl
+        self.learned = learned if learned is not None else Learned()
         self._slots = asyncio.Semaphore(max(1, config.concurrency.concurrency))
         self._waiting = 0
         self._drop_excess = drop_excess
@@ -65,8 +71,11 @@ class ProviderSlot:
         return self.impl.capabilities
 
     def capabilities_for(self, model: str) -> Capabilities:
+        """The provider's first guess for ``model`` (its name patterns), less the formats it was seen to refuse."""
         impl = self.impl
-        return impl.capabilities_for(model) if isinstance(impl, ModelAware) else impl.capabilities
+        guess = impl.capabilities_for(model) if isinstance(impl, ModelAware) else impl.capabilities
+        refused = self.learned.refused(model)
+        return plan.without(guess, refused) if refused else guess
 
     @property
     def waiting(self) -> int:
@@ -78,6 +87,7 @@ class ProviderSlot:
         return allowed is None or request_type in allowed
 
     def streams(self, model: str) -> bool:
+        """Whether to ask ``model`` for a stream (the answer still decides: see Router.stream)."""
         return (
             isinstance(self.impl, StreamingTranscriber)
             and self.allows("transcription_stream")
