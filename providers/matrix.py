@@ -89,6 +89,11 @@ slashes included. The default base URLs are upstream Bifrost's, so an upstream c
 - **`gemini`**: base URL `https://generativelanguage.googleapis.com/v1beta` (the default); a base URL that
   names no API version (`…googleapis.com`) gets `/v1beta`. Calls go to `{base}/models/<model>:generateContent`
   (`:streamGenerateContent?alt=sse` when streaming).
+- **`vllm`**: `vllm/<model>`, sent to the server as it is. A key's `vllm_key_config.model_name` says which
+  model that key's server (`vllm_key_config.url`) runs, so it selects the key, as upstream: a request is
+  served by a key naming its model (or naming none); a model no key serves is a 400.
+- **custom providers** (`custom_provider_config`): `<name>/<model>`, reported as `<name>` in
+  `extra_fields.provider`, headers, errors and logs.
 """
 
 

@@ -85,6 +85,17 @@ class Transcriber(Protocol):
 
 
 @runtime_checkable
+class KeyAware(Protocol):
+    """A provider whose keys say which models they serve beyond their ``models`` list (a vLLM key's
+    ``vllm_key_config.model_name`` names the one model its server runs). The router picks among the keys
+    that serve the requested model; the model itself is sent unchanged."""
+
+    key_rule: str  # said in the 400 when no key serves the model ("vllm_key_config.model_name ...")
+
+    def key_serves(self, key: KeyConfig, model: str) -> bool: ...
+
+
+@runtime_checkable
 class ModelAware(Protocol):
     def capabilities_for(self, model: str) -> Capabilities:
         """Capabilities of one model, where a vendor's models differ (the vendor's own otherwise)."""

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from bifrost_stt.gateway.render import plan
 from bifrost_stt.gateway.routing.learned import Learned
-from bifrost_stt.kernel.capabilities import Capabilities, ModelAware, StreamingTranscriber, Transcriber
+from bifrost_stt.kernel.capabilities import Capabilities, KeyAware, ModelAware, StreamingTranscriber, Transcriber
 from bifrost_stt.kernel.errors import ClientError, Overloaded
 from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig, Secret
 
@@ -140,12 +140,24 @@ class ProviderSlot:
                 f"add it to a key's models list (or use [\"*\"])",
                 provider=cfg.id, model=model, param="model", code="model_not_allowed",
             )
-        return allowed
+        serving = [k for k in allowed if self._serves(k, model)]
+        if not serving:
+            rule = self.impl.key_rule if isinstance(self.impl, KeyAware) else ""
+            raise ClientError(
+                f"model {model!r} is not served by any key of provider {cfg.id!r} ({rule})",
+                provider=cfg.id, model=model, param="model", code="model_not_allowed",
+            )
+        return serving
+
+    def _serves(self, key: KeyConfig, model: str) -> bool:
+        """Whether ``key`` serves ``model`` by the provider's own key rule (KeyAware); True without one."""
+        impl = self.impl
+        return impl.key_serves(key, model) if isinstance(impl, KeyAware) else True
 
     def _direct(self, model: str, value: Secret) -> KeyConfig:
         """The client's key, dressed in a configured key's endpoint and aliases (Azure needs both)."""
         keys = self.config.keys
-        template = next((k for k in keys if k.allows(model)), None) or next(iter(keys), None)
+        template = next((k for k in keys if k.allows(model) and self._serves(k, model)), None) or next(iter(keys), None)
         if template is None:
             return KeyConfig(name=DIRECT_KEY_NAME, value=value)
         return replace(template, name=DIRECT_KEY_NAME, value=value, models=("*",), enabled=True)
