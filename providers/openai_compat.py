@@ -66,8 +66,10 @@ def bearer(key: KeyConfig | None) -> dict[str, str]:
     return {"authorization": f"Bearer {key.value.reveal()}"} if key is not None and key.value else {}
 
 
-def any_model(model: str) -> bool:
-    return True
+def not_whisper(model: str) -> bool:
+    """Every model is asked to stream but those named whisper* (a first guess: whisper-1 ignores ``stream``,
+    so asking would cost nothing but a server that refuses the field). The answer decides for the rest."""
+    return not model.rsplit("/", 1)[-1].lower().startswith("whisper")
 
 
 def gpt4o_transcribe(model: str) -> bool:
@@ -330,7 +332,7 @@ OPENAI = Vendor(
     capabilities=Capabilities(
         native_formats=ALL_FORMATS, native_stream=True, word_timestamps=True, segment_timestamps=True, max_file_mb=25
     ),
-    streams=any_model,  # gpt-4o(-mini)-transcribe and newer models stream; whisper-1 ignores stream=true (JSON)
+    streams=not_whisper,  # gpt-4o(-mini)-transcribe and newer models stream; an answer in JSON is streamed by us
     model_capabilities=lambda model: GPT4O_TRANSCRIBE if gpt4o_transcribe(model) else None,
 )
 
@@ -405,7 +407,7 @@ AZURE = Vendor(
     url_for=_azure_url,
     auth_headers=_azure_auth,
     capabilities=OPENAI.capabilities,
-    streams=any_model,  # a deployment is named by its owner: ask every one to stream, the answer decides
+    streams=not_whisper,  # a deployment is named by its owner: ask each to stream (but whisper*), the answer decides
     model_capabilities=OPENAI.model_capabilities,  # a guess from names like "gpt-4o-transcribe"; learned otherwise
 )
 

@@ -19,6 +19,7 @@ import pytest
 
 from tests.audio import wav_bytes
 from tests.fakes.openai import AZURE_KEY, TRANSCRIPT, FakeAzure, FakeOpenAI
+from tests.fakes.server import error_reply
 from tests.support import config_with
 
 DEPLOYMENT = "eu-speech-main"  # gpt-4o-transcribe behind a name no pattern recognises
@@ -101,6 +102,19 @@ def test_a_deployment_that_answers_json_to_stream_true_is_streamed_by_the_gatewa
     assert azure.last.path == f"/openai/deployments/{WHISPER_DEPLOYMENT}/audio/transcriptions"
 
 
+def test_a_deployment_that_refuses_the_stream_field_is_streamed_by_the_gateway(gateway: str, azure: FakeAzure) -> None:
+    path = f"/openai/deployments/{WHISPER_DEPLOYMENT}/audio/transcriptions"
+    azure.enqueue(error_reply(400, "Unrecognized request argument supplied: stream"), path=path)
+    r, payloads = post_stream(gateway, f"azure/{WHISPER_DEPLOYMENT}")
+    assert r.status_code == 200 and payloads[-1] == "[DONE]"
+    assert payloads[-2]["text"] == TRANSCRIPT == "".join(deltas(payloads))
+    assert asked(azure) == [("verbose_json", "true"), ("verbose_json", None)]  # refused; then asked plainly
+    n = len(azure.requests)
+    r, payloads = post_stream(gateway, f"azure/{WHISPER_DEPLOYMENT}")
+    assert r.status_code == 200 and "".join(deltas(payloads)) == TRANSCRIPT
+    assert asked(azure, n) == [("verbose_json", None)]  # remembered: not asked to stream again
+
+
 def test_a_model_newer_than_the_patterns_streams_natively(gateway: str, fake_openai: FakeOpenAI) -> None:
     sdk = openai.OpenAI(base_url=f"{gateway}/openai/v1", api_key="sk-client", max_retries=0)
     events = list(sdk.audio.transcriptions.create(
@@ -159,8 +173,6 @@ def test_a_known_model_is_asked_as_its_pattern_says(gateway: str, azure: FakeAzu
 
 def test_a_refusal_of_json_itself_is_the_clients_error(gateway: str, azure: FakeAzure) -> None:
     azure.deployments["odd"] = "gpt-4o-transcribe"
-    from tests.fakes.server import error_reply
-
     azure.enqueue(error_reply(400, "response_format 'json' is not supported here", param="response_format"))
     r = post(gateway, "azure/odd")
     assert r.status_code == 400 and "not supported here" in r.json()["error"]["message"]

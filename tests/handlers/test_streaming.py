@@ -388,8 +388,8 @@ def test_non_streaming_model_is_streamed_by_the_gateway(client: openai.OpenAI, f
     assert "".join(e.delta for e in events[:-1]) == events[-1].text == TRANSCRIPT
     assert events[-1].usage is not None and events[-1].usage.type == "duration"
     upstream = fake_openai.last
-    # asked to stream (the answer decides), in a format with segments for the deltas; it answered JSON
-    assert upstream.field("stream") == "true" and len(fake_openai.requests) == 1
+    # known by name not to stream: a plain transcription, with segments for the deltas
+    assert upstream.field("stream") is None and len(fake_openai.requests) == 1
     assert upstream.field("response_format") == "verbose_json"
 
 

@@ -93,6 +93,18 @@ def refused_formats(err: GatewayError, asked: str | None) -> frozenset[str] | No
     return frozenset(ruled_out - {"json"})
 
 
+STREAM = "stream"  # noted with the refused formats when a model refuses ``stream=true`` itself
+_STREAM_WORD = re.compile(r"\bstream\b")
+
+
+def refused_stream(err: GatewayError) -> bool:
+    """Whether an answer to a stream request refuses the ``stream`` field itself (a 400 naming it: a server
+    that takes no such argument), rather than the format or anything else; the gateway then streams."""
+    if err.status != 400 or err.param == "response_format":
+        return False
+    return err.param == STREAM or bool(_STREAM_WORD.search(err.message))
+
+
 def without(caps: Capabilities, refused: Iterable[str]) -> Capabilities:
     """``caps`` once the ``refused`` formats are known: a model that refuses verbose_json gives no timings
     either (they only come with it)."""

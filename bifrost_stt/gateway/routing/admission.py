@@ -86,11 +86,13 @@ class ProviderSlot:
         return allowed is None or request_type in allowed
 
     def streams(self, model: str) -> bool:
-        """Whether to ask ``model`` for a stream (the answer still decides: see Router.stream)."""
+        """Whether to ask ``model`` for a stream (the answer still decides: see Router.stream); not when it
+        was seen to refuse ``stream`` itself."""
         return (
             isinstance(self.impl, StreamingTranscriber)
             and self.allows("transcription_stream")
             and self.impl.streams(model)
+            and plan.STREAM not in self.learned.refused(model)
         )
 
     async def admit(self) -> Lease:

@@ -148,7 +148,14 @@ class Router:
                 async def open_stream(wire: TranscriptionRequest) -> HeldStream:
                     return await opened(impl.stream(wire, attempt))
 
-                return await self._asking(slot, req, attempt, plan.for_stream, open_stream)
+                try:
+                    return await self._asking(slot, req, attempt, plan.for_stream, open_stream)
+                except UpstreamError as err:
+                    if not plan.refused_stream(err):
+                        raise
+                    slot.learned.refuse(attempt.model, {plan.STREAM})  # asked without stream from now on
+                    log.info("%s/%s refused stream=true; the gateway streams it (remembered for this model)",
+                             slot.config.id, attempt.model)
             # The gateway streams for this model: segments (when the provider has them) become the deltas.
             result = await self._asking(
                 slot, req, attempt, plan.for_synthesized_stream, lambda wire: impl.transcribe(wire, attempt)

@@ -128,6 +128,14 @@ def test_what_is_no_format_refusal(error: UpstreamError, asked: str) -> None:
     assert plan.refused_formats(error, asked) is None
 
 
+def test_what_refuses_the_stream_field() -> None:
+    assert plan.refused_stream(UpstreamError("Unrecognized request argument supplied: stream", status=400))
+    assert plan.refused_stream(UpstreamError("not supported", status=400, param="stream"))
+    assert not plan.refused_stream(refusal("verbose_json"))
+    assert not plan.refused_stream(UpstreamError("stream broke", status=502))
+    assert plan.without(CAPS, {plan.STREAM}) is CAPS
+
+
 def test_without_refused_verbose_json_there_are_no_timings() -> None:
     caps = plan.without(CAPS, {"srt", "verbose_json", "vtt"})
     assert caps.native_formats == {"json", "text"} and not caps.word_timestamps and not caps.segment_timestamps
