@@ -17,11 +17,13 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from bifrost_stt.gateway.render import formats
-from bifrost_stt.kernel.canonical import RESPONSE_FORMATS, TranscriptionRequest
+from bifrost_stt.kernel.canonical import TranscriptionRequest
 from bifrost_stt.kernel.capabilities import Capabilities
 from bifrost_stt.kernel.errors import ClientError, GatewayError
 
-RENDERABLE = frozenset(RESPONSE_FORMATS)  # what formats.render produces from json / verbose_json
+# What formats.render produces from a json / verbose_json answer alone: a refusal of one of these can be worked
+# around by asking for another. (A format needing more, such as speaker labels, is not in this set.)
+RENDERABLE = frozenset({"json", "text", "srt", "verbose_json", "vtt"})
 _FORMAT_NAMES = re.compile(r"\b(" + "|".join(sorted(RENDERABLE, key=len, reverse=True)) + r")\b")
 
 
