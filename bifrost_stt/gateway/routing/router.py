@@ -202,6 +202,7 @@ class Router:
                     )
                 caps = slot.capabilities_for(model)
                 check_size(caps, target, provider)
+                plan.check_diarization(caps, target, provider)
                 if not stream:
                     plan.check_timings(caps, target, provider)  # the format is chosen per attempt (_asking)
             except GatewayError as err:
