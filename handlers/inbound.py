@@ -13,7 +13,7 @@ from bifrost_stt.kernel.canonical import AudioSource, TranscriptionRequest
 from bifrost_stt.kernel.errors import ClientError
 from bifrost_stt.kernel.languages import parse_language
 from bifrost_stt.kernel.settings import Secret
-from bifrost_stt.gateway.routing.models import resolve_model
+from bifrost_stt.gateway.routing.models import resolve_model, split_model
 from bifrost_stt.gateway.contract.multipart import ParsedForm, parsed_form
 from bifrost_stt.gateway.contract.operations import READ_FIELDS
 from bifrost_stt.gateway.compose import Gateway
@@ -105,14 +105,16 @@ def build_request(
     if deployment is not None:
         # Azure route: the deployment in the path wins over the form's model.
         original = deployment
+        default, deployment = gateway.bare_model(deployment, "azure")  # zero config: the local engine
         provider, name = resolve_model(
-            f"azure/{deployment}", known=known, configured=configured, default_provider="azure"
+            f"{default}/{deployment}", known=known, configured=configured, default_provider=default
         )
     else:
         original = model
-        provider, name = resolve_model(
-            model, known=known, configured=configured, default_provider=route.default_provider
-        )
+        default = route.default_provider
+        if model.strip() and split_model(model.strip(), known)[0] is None:
+            default, model = gateway.bare_model(model.strip(), default)  # zero config: the local engine
+        provider, name = resolve_model(model, known=known, configured=configured, default_provider=default)
     fallbacks = []
     for raw in fields.get("fallbacks") or []:
         fb_provider, fb_model = resolve_model(

@@ -107,6 +107,9 @@ class ProviderConfig:
     request_path_overrides: Mapping[str, str] = field(default_factory=_frozen)
     # custom_provider_config.allowed_requests, the request types set true; None = every type (upstream default)
     allowed_requests: frozenset[str] | None = None
+    # The provider's own settings (fields its ConfigSpec declares for its section, e.g. the local engine's
+    # models and pool), as that provider's ``ConfigSpec.options`` built them; None for providers without any.
+    options: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +134,38 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisStoreConfig:
+    """``vector_store`` with ``type: redis``: a Redis (or Valkey) server every gateway instance shares."""
+
+    addr: str = "127.0.0.1:6379"  # host:port
+    username: str | None = None
+    password: Secret = field(default_factory=lambda: Secret(""))
+    db: int = 0
+    use_tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """The exact transcription cache: the ``semantic_cache`` plugin entry plus ``vector_store`` (upstream's
+    shape). On by default with the embedded store; a request uses it only with a cache key."""
+
+    enabled: bool = True
+    ttl_seconds: float = 300.0
+    default_cache_key: str | None = None  # engages the cache for requests without x-bf-cache-key
+    cache_by_model: bool = True
+    cache_by_provider: bool = True
+    namespace: str = "BifrostSemanticCachePlugin"  # vector_store_namespace: the Redis key prefix
+    store_path: str | None = None  # the embedded SQLite file; None: a per-user temp dir
+    max_size_mb: int = 256  # the embedded store's bound; least recently used entries go first
+    redis: RedisStoreConfig | None = None  # None: the embedded store
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     providers: Mapping[str, ProviderConfig] = field(default_factory=lambda: MappingProxyType({}))
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     ignored_sections: tuple[str, ...] = ()  # upstream sections accepted but not used here
     # upstream settings that would change behaviour but have no effect here (insecure_skip_verify, proxy_config ...)
     unsupported_fields: tuple[str, ...] = ()

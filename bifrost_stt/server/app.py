@@ -41,6 +41,7 @@ from starlette.responses import Response as StarletteResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bifrost_stt import handlers
+from bifrost_stt.gateway.cache import key as cache_key
 from bifrost_stt.gateway.contract import loading as spec
 from bifrost_stt.kernel.errors import (
     ClientError,
@@ -302,6 +303,9 @@ def create_app(
         max_body_bytes=config.client.max_request_body_size_mb * 1024 * 1024,
         spool_threshold_bytes=config.client.spool_threshold_kb * 1024,
         reject_non_audio=config.client.reject_non_audio,
+        # the cache's audio digest, taken while the upload is spooled (only for requests that use the cache)
+        hasher=cache_key.audio_hasher if gateway.cache.enabled else None,
+        hash_header=None if gateway.cache.hashes_every_upload() else cache_key.KEY_HEADER.encode("latin-1"),
     )
     swagger = SwaggerUIOptions(serve_spec=False, swagger_ui=True, swagger_ui_path=DOCS_PATH, spec_path="/openapi.json")
     app = AsyncApp(__name__, lifespan=lifespan, middlewares=middleware_stack(orjson.dumps(contract), config.client.allowed_origins),

@@ -154,8 +154,8 @@ SERVER: Mapping[str, Field] = {
 IGNORED_SECTIONS = (
     "access_profiles", "alerting", "audit_logs", "auth_config", "circuit_breaker_config", "cluster_config",
     "config_store", "encryption_key", "env_label", "feature_flags", "framework", "governance",
-    "guardrails_config", "large_payload_optimization", "load_balancer_config", "logs_store", "mcp", "plugins",
-    "scim_config", "skills_registry", "source_of_truth", "vector_store", "webhooks", "websocket",
+    "guardrails_config", "large_payload_optimization", "load_balancer_config", "logs_store", "mcp",
+    "scim_config", "skills_registry", "source_of_truth", "webhooks", "websocket",
 )
 
 TOP: Mapping[str, Field] = {
@@ -165,6 +165,9 @@ TOP: Mapping[str, Field] = {
     # 1 = upstream v1.4 semantics (an empty key `models` list allows every model); 2 (default) = denies all
     "version": Field(integer(minimum=1, maximum=2)),
     "$schema": Field(use="silent"),
+    # the cache's sections, read by bifrost_stt.gateway.config.cache (their shape lives there)
+    "plugins": Field(),
+    "vector_store": Field(),
     **{name: Field(use="ignore") for name in IGNORED_SECTIONS},
 }
 
