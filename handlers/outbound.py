@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from starlette.responses import Response, StreamingResponse
@@ -43,11 +44,19 @@ def extra_fields(served: Served, *, latency_ms: int, chunk_index: int = 0) -> di
     }
 
 
+def header_value(value: str) -> str:
+    """Client-chosen text as a header value: as is when printable ASCII, else percent-encoded (UTF-8), so a
+    model name outside Latin-1 (or with a control character) can never break the response."""
+    if value.isascii() and value.isprintable():
+        return value
+    return quote(value, safe="/:@-._~+!$&'()*,;=")
+
+
 def route_headers(served: Served, original_model: str) -> dict[str, str]:
     headers = {
-        "x-bifrost-provider": served.provider,
-        "x-bifrost-original-model": original_model,
-        "x-bifrost-resolved-model": served.deployment,
+        "x-bifrost-provider": header_value(served.provider),
+        "x-bifrost-original-model": header_value(original_model),
+        "x-bifrost-resolved-model": header_value(served.deployment),
     }
     if served.fallback_index > 0:
         headers["x-bifrost-fallback-index"] = str(served.fallback_index)

@@ -10,11 +10,15 @@ Error hooks (both optional, tried in this order for a non-2xx answer):
     vendor_error(status, parsed JSON or None, retry headers) -> UpstreamError | None
     rewrite_error(status, raw body) -> an OpenAI-style error body | None, then mapped as OpenAI's
 Anything the hooks leave is mapped by ``providers.http.raise_for_upstream``.
+
+Every answer is read through ``providers.limits`` (bounded decompression, body / line / event / duration
+caps, secrets masked before anything is parsed): no vendor module reads a response body itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 from dataclasses import dataclass
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
@@ -25,6 +29,7 @@ import orjson
 from bifrost_stt.kernel.errors import UpstreamError, UpstreamUnavailable
 from bifrost_stt.kernel.capabilities import Attempt
 from bifrost_stt.providers.http import map_transport_errors, raise_for_upstream
+from bifrost_stt.providers.limits import EVENT_SETTING, BoundedBody, sse_lines, too_much
 
 VendorError = Callable[[int, Any, Mapping[str, str]], UpstreamError | None]
 RewriteError = Callable[[int, bytes], bytes | None]
@@ -81,70 +86,42 @@ async def fetch(
     vendor_error: VendorError | None = None,
     rewrite_error: RewriteError | None = None,
 ) -> httpx.Response:
-    """Send ``request`` and read its answer within ``attempt.timeout`` seconds."""
+    """Send ``request`` and read its answer (bounded, see ``providers.limits``) within ``attempt.timeout``."""
     secrets = key_secrets(attempt)
     with map_transport_errors(provider, timeout=attempt.timeout, secrets=secrets):
-        async with asyncio.timeout(attempt.timeout):
-            response = await client.send(request)
+        async with asyncio.timeout(attempt.timeout) as window:
+            streamed = await client.send(request, stream=True)
             try:
-                await check(provider, response, secrets, expect_json=expect_json,
-                            vendor_error=vendor_error, rewrite_error=rewrite_error)
-                await response.aread()
+                response = await BoundedBody(provider, streamed, attempt, secrets).replaced(window.when())
             finally:
-                await response.aclose()
+                await streamed.aclose()
+            await check(provider, response, secrets, expect_json=expect_json,
+                        vendor_error=vendor_error, rewrite_error=rewrite_error)
     return response
 
 
-async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str | None, str]]:
-    """``(event name or None, data)`` for each server-sent event, multi-line data joined by newlines."""
+async def sse_events(
+    provider: str, lines: AsyncIterator[str], max_event: int
+) -> AsyncIterator[tuple[str | None, str]]:
+    """``(event name or None, data)`` for each server-sent event, multi-line data joined by newlines; an
+    event whose data passes ``max_event`` bytes (counted as characters) fails the stream with a 502."""
     name: str | None = None
     data: list[str] = []
-    async for line in response.aiter_lines():
+    size = 0
+    async for line in lines:
         if not line:
             if data:
                 yield name, "\n".join(data)
-            name, data = None, []
+            name, data, size = None, [], 0
         elif line.startswith("event:"):
             name = line[6:].strip()
         elif line.startswith("data:"):
             data.append(line[5:].removeprefix(" "))
+            size += len(line)
+            if size > max_event:
+                raise too_much(provider, "a stream event", EVENT_SETTING, f"{max_event // 1024} KB")
     if data:
         yield name, "\n".join(data)
-
-
-async def _open(
-    provider: str,
-    client: httpx.AsyncClient,
-    request: httpx.Request,
-    attempt: Attempt,
-    *,
-    idle_timeout: float,
-    vendor_error: VendorError | None,
-    rewrite_error: RewriteError | None,
-) -> httpx.Response:
-    """Send a stream request; its open response when 2xx, else the mapped error (the response closed)."""
-    secrets = key_secrets(attempt)
-    # A stream request's reads are bounded by the idle timeout, the wait for its headers included: when
-    # that is the shorter bound, it is the one to name in a timeout error.
-    idle_first = idle_timeout < attempt.timeout
-    wait, setting = (idle_timeout, IDLE_SETTING) if idle_first else (attempt.timeout, REQUEST_SETTING)
-    with map_transport_errors(provider, timeout=wait, setting=setting, secrets=secrets):
-        async with asyncio.timeout(attempt.timeout):
-            response = await client.send(request, stream=True)
-    try:
-        with map_transport_errors(provider, timeout=attempt.timeout, secrets=secrets):
-            await check(provider, response, secrets, vendor_error=vendor_error, rewrite_error=rewrite_error)
-    except BaseException:
-        await response.aclose()
-        raise
-    return response
-
-
-def _not_sse(provider: str, content_type: str) -> UpstreamUnavailable:
-    return UpstreamUnavailable(
-        f"{provider} answered a stream request with {content_type or 'no content type'} instead of text/event-stream",
-        provider=provider,
-    )
 
 
 async def open_events(
@@ -157,25 +134,33 @@ async def open_events(
     vendor_error: VendorError | None = None,
     rewrite_error: RewriteError | None = None,
 ) -> AsyncGenerator[tuple[str | None, str], None]:
-    """The upstream's server-sent events; the connection is closed when the iterator ends or is closed."""
-    response = await _open(provider, client, request, attempt, idle_timeout=idle_timeout,
-                           vendor_error=vendor_error, rewrite_error=rewrite_error)
-    try:
-        content_type = response.headers.get("content-type", "")
-        if "text/event-stream" not in content_type:
-            raise _not_sse(provider, content_type)
-        with map_transport_errors(provider, timeout=idle_timeout, setting=IDLE_SETTING, secrets=key_secrets(attempt)):
-            async for event in sse_events(response):
-                yield event
-    finally:
-        await response.aclose()
+    """The upstream's server-sent events; the connection is closed when the iterator ends or is closed.
+
+    The whole stream, its opening included, must end within ``attempt.max_stream_seconds`` (default
+    ``attempt.timeout``); each line and event within ``attempt.max_event_bytes``. Any answer but
+    ``text/event-stream`` is an error (``open_answer`` also takes a JSON one).
+    """
+    answer = open_answer(provider, client, request, attempt, idle_timeout=idle_timeout, json_ok=False,
+                         vendor_error=vendor_error, rewrite_error=rewrite_error)
+    async with aclosing(answer) as items:
+        async for item in items:
+            if isinstance(item, Whole):  # not with json_ok=False; kept for the type
+                raise _not_sse(provider, item.response.headers.get("content-type", ""))
+            yield item
 
 
 @dataclass(frozen=True, slots=True)
 class Whole:
     """A stream request answered with one JSON body instead of server-sent events."""
 
-    response: httpx.Response  # already read: ``providers.http.parse_json`` gives the vendor's object
+    response: httpx.Response  # already read (bounded): ``providers.http.parse_json`` gives the vendor's object
+
+
+def _not_sse(provider: str, content_type: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        f"{provider} answered a stream request with {content_type or 'no content type'} instead of text/event-stream",
+        provider=provider,
+    )
 
 
 async def open_answer(
@@ -185,26 +170,38 @@ async def open_answer(
     attempt: Attempt,
     *,
     idle_timeout: float,
+    json_ok: bool = True,
     vendor_error: VendorError | None = None,
     rewrite_error: RewriteError | None = None,
 ) -> AsyncGenerator[tuple[str | None, str] | Whole, None]:
-    """Like ``open_events``, but the upstream may also answer JSON (a model that ignores ``stream``): then
-    the one item is ``Whole`` (read within the attempt's timeout). Anything else is a 502."""
-    response = await _open(provider, client, request, attempt, idle_timeout=idle_timeout,
-                           vendor_error=vendor_error, rewrite_error=rewrite_error)
+    """The upstream's server-sent events, or (``json_ok``) one ``Whole`` when it answered the stream request
+    with JSON (a model that ignores ``stream``). Bounds and closing as ``open_events``."""
     secrets = key_secrets(attempt)
+    duration = attempt.max_stream_seconds or attempt.timeout
+    deadline = asyncio.get_running_loop().time() + duration
+    # A stream request's reads are bounded by the idle timeout, the wait for its headers included: when
+    # that is the shorter bound, it is the one to name in a timeout error.
+    idle_first = idle_timeout < attempt.timeout
+    wait, setting = (idle_timeout, IDLE_SETTING) if idle_first else (attempt.timeout, REQUEST_SETTING)
+    with map_transport_errors(provider, timeout=wait, setting=setting, secrets=secrets):
+        async with asyncio.timeout(attempt.timeout):
+            response = await client.send(request, stream=True)
     try:
+        body = BoundedBody(provider, response, attempt, secrets)
         content_type = response.headers.get("content-type", "")
-        if "json" in content_type:
+        if not response.is_success or "text/event-stream" not in content_type:
             with map_transport_errors(provider, timeout=attempt.timeout, secrets=secrets):
-                async with asyncio.timeout(attempt.timeout):
-                    await response.aread()
-            yield Whole(response)
-            return
+                async with asyncio.timeout(attempt.timeout) as window:
+                    read = await body.replaced(window.when())
+                await check(provider, read, secrets, vendor_error=vendor_error, rewrite_error=rewrite_error)
+            if json_ok and "json" in content_type:
+                yield Whole(read)
+                return
         if "text/event-stream" not in content_type:
             raise _not_sse(provider, content_type)
         with map_transport_errors(provider, timeout=idle_timeout, setting=IDLE_SETTING, secrets=secrets):
-            async for event in sse_events(response):
+            lines = sse_lines(body, max_event=attempt.max_event_bytes, deadline=deadline, duration=duration)
+            async for event in sse_events(provider, lines, attempt.max_event_bytes):
                 yield event
     finally:
         await response.aclose()

@@ -85,6 +85,10 @@ class NetworkConfig:
     retry_backoff_max: int = 5000  # ms
     stream_idle_timeout_in_seconds: float = 60.0
     max_conns_per_host: int = 256
+    # Caps on an upstream's answer (ours; a transcript is kilobytes): past one the attempt is a 502.
+    max_response_size_mb: int = 32  # one answer's body, counted as it is decompressed
+    max_stream_event_size_kb: int = 1024  # one server-sent-event line or event
+    max_stream_duration_in_seconds: float | None = None  # a whole stream; None: default_request_timeout_in_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,13 @@ class ServerConfig:
     workers: int = 1
     log_level: str = "info"
     spec_dir: str | None = None  # `serve --spec-dir`: a directory holding the OpenAPI document; None = bundled
+    # Client connections (bifrost_stt.server.connections): a request's headers must arrive within
+    # header_timeout; its body may pause at most body_timeout, and once it has been arriving that long it
+    # must average min_upload_rate_kb per second. max_connections 0: half the open-file limit.
+    header_timeout_in_seconds: float = 10.0
+    body_timeout_in_seconds: float = 30.0
+    min_upload_rate_kb: int = 8
+    max_connections: int = 0
 
 
 @dataclass(frozen=True, slots=True)

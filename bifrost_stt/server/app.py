@@ -54,6 +54,7 @@ from bifrost_stt.kernel.errors import (
 from bifrost_stt.gateway.contract.multipart import UploadLimits, make_validator_map
 from bifrost_stt.gateway.compose import Gateway
 from bifrost_stt.kernel.settings import GatewayConfig
+from bifrost_stt.server.memory import TrimWhenIdle
 from bifrost_stt.gateway.contract.validation import validator_map
 
 log = logging.getLogger("bifrost_stt")
@@ -134,6 +135,7 @@ def middleware_stack(contract_body: bytes, allowed_origins: tuple[str, ...] = ()
             BifrostCORS, allow_origins=list(allowed_origins), allow_methods=["GET", "POST"],
             allow_headers=["*"], expose_headers=list(ROUTE_HEADERS),
         ))
+    stack.insert(1, TrimWhenIdle)  # memory back to the OS once idle (bifrost_stt.server.memory)
     return stack
 
 

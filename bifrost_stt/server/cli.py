@@ -145,6 +145,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn  # imported here so `check-config` and `--help` stay fast
 
+    from bifrost_stt.server import connections
+
+    # Header/body timeouts, a minimum upload rate and a connection cap (server.* settings): see
+    # bifrost_stt.server.connections, on uvicorn's httptools protocol (uvicorn[standard] brings httptools).
+    connections.configure(connections.Limits.of(server))
+    descriptors = connections.raise_open_file_limit()
+    log.info("accepting up to %d connections (open-file limit %d)", connections.current().cap(), descriptors)
     uvicorn.run(
         APP_FACTORY,
         factory=True,
@@ -153,7 +160,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=server.workers,
         lifespan="on",  # a broken wiring must stop the start, not turn every request into a 500
         loop="uvloop" if importlib.util.find_spec("uvloop") else "auto",
-        http="httptools" if importlib.util.find_spec("httptools") else "auto",
+        http=connections.GuardedHttpTools,
         log_level=server.log_level,
         # X-Forwarded-* rewriting wraps every request in one more middleware and nothing here reads the
         # client address or scheme: off (uvicorn's default is on).

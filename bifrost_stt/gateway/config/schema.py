@@ -76,6 +76,9 @@ NETWORK: Mapping[str, Field] = {
     "retry_backoff_max": Field(integer(minimum=0)),  # ms
     "stream_idle_timeout_in_seconds": Field(positive_number),
     "max_conns_per_host": Field(integer(minimum=1)),
+    "max_response_size_mb": Field(integer(minimum=1)),  # our own addition
+    "max_stream_event_size_kb": Field(integer(minimum=1)),  # our own addition
+    "max_stream_duration_in_seconds": Field(positive_number),  # our own addition
     "insecure_skip_verify": Field(boolean, use="unsupported"),
     "ca_cert_pem": Field(string(), use="unsupported"),
     "enforce_http2": Field(boolean, use="unsupported"),
@@ -147,6 +150,10 @@ SERVER: Mapping[str, Field] = {
     "workers": Field(integer(minimum=1)),
     "log_level": Field(string(choices=LOG_LEVELS)),
     "spec_dir": Field(string(non_empty=True)),
+    "header_timeout_in_seconds": Field(positive_number),  # our own addition
+    "body_timeout_in_seconds": Field(positive_number),  # our own addition
+    "min_upload_rate_kb": Field(integer(minimum=0)),  # our own addition
+    "max_connections": Field(integer(minimum=0)),  # our own addition
     "read_buffer_size": Field(use="ignore"),  # upstream's own server setting
 }
 

@@ -17,6 +17,8 @@ Wiring: ``connexion.AsyncApp(..., validator_map=make_validator_map(limits))``. E
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
 import tempfile
@@ -32,11 +34,13 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope
 
-from bifrost_stt.kernel import sniff
+from bifrost_stt.kernel import counters, sniff
 from bifrost_stt.kernel.canonical import AudioSource, BytesAudio, FileAudio
-from bifrost_stt.kernel.errors import ClientError, GatewayError, PayloadTooLarge, UnsupportedMediaType
+from bifrost_stt.kernel.errors import ClientError, GatewayError, Overloaded, PayloadTooLarge, UnsupportedMediaType
 from bifrost_stt.gateway.contract.form_schema import FILE_PLACEHOLDER, Plan, coerce, plan_cache, schema_error
 from bifrost_stt.gateway.contract.schema_cache import SchemaCache
+
+log = logging.getLogger("bifrost_stt.upload")
 
 SCOPE_KEY = "bifrost.form"
 """Key under ``scope["extensions"]`` where the validator leaves the ``ParsedForm``."""
@@ -401,14 +405,30 @@ class MultipartFormValidator(AbstractRequestBodyValidator):
                 names = ", ".join(sorted({name for name, _ in form.extra}))
                 raise ClientError(f"unknown form fields: {names}", param=form.extra[0][0])
         except BaseException as exc:
-            reader.abort()
+            reader.abort()  # closes the (already unlinked) spool file: a full disk gets its space back
             if isinstance(exc, GatewayError) or not isinstance(exc, Exception):
                 raise
+            if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+                raise spool_full(limits.spool_dir, exc) from None
             raise GatewayError(f"failed to read the upload: {type(exc).__name__}") from exc
         finally:
             reader.release()
         scope.setdefault("extensions", {})[SCOPE_KEY] = form
         return _empty_body(receive), _without_body(scope)
+
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def spool_full(spool_dir: str | None, exc: OSError) -> Overloaded:
+    """A 503 naming the spool directory, logged and counted (a full disk is the operator's to fix)."""
+    where = spool_dir or tempfile.gettempdir()
+    log.error("upload refused: the spool directory %s is full (%s)", where, exc.strerror or exc)
+    counters.count("spool_full")
+    return Overloaded(
+        f"the gateway has no room to store this upload: the spool directory {where} is full; retry later",
+        code="spool_full", headers={"Retry-After": "30"},
+    )
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:
