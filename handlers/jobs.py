@@ -20,6 +20,7 @@ from bifrost_stt.kernel.canonical import TranscriptionRequest
 from bifrost_stt.kernel.errors import ClientError, NotFound
 from bifrost_stt.gateway.jobs.runner import COMPLETED, FAILED, MAX_RESULT_TTL
 from bifrost_stt.gateway.compose import Gateway
+from bifrost_stt.gateway.governance.service import Ticket, models_of
 from bifrost_stt.handlers import outbound
 from bifrost_stt.handlers.inbound import UNIFIED, build_request, current_form
 
@@ -46,6 +47,7 @@ class JobHandlers:
         form, headers = current_form()
         try:
             request, original = build_request(self.gateway, form, headers, UNIFIED)
+            request, ticket = await self.gateway.governance.admit(headers, request)
             if request.stream:
                 raise ClientError(
                     "stream is not supported for async transcriptions; drop stream, or use "
@@ -55,7 +57,7 @@ class JobHandlers:
             audio = form.files.pop("file")
             runner = self.gateway.jobs
             job = await runner.submit(
-                self._work(request, original),
+                self._work(request, original, ticket),
                 ttl=result_ttl(headers, runner.default_ttl()),
                 release=audio.close,
             )
@@ -63,11 +65,12 @@ class JobHandlers:
             form.close()
         return outbound.json_response(job.response(), 202, {"location": f"{JOBS_PATH}/{job.id}"})
 
-    def _work(self, request: TranscriptionRequest, original: str) -> Callable[[], Awaitable[bytes]]:
+    def _work(self, request: TranscriptionRequest, original: str, ticket: Ticket) -> Callable[[], Awaitable[bytes]]:
         gateway = self.gateway
 
         async def transcribe() -> bytes:
             result, served = await gateway.router.transcribe(request)
+            await ticket.settle(result, served.provider, models_of(served.model, served.deployment))
             response = outbound.result_response(
                 result,
                 served,

@@ -11,6 +11,7 @@ from connexion import context
 from starlette.responses import Response
 
 from bifrost_stt.gateway.compose import Gateway
+from bifrost_stt.gateway.governance.service import models_of
 from bifrost_stt.handlers import outbound
 from bifrost_stt.handlers.inbound import AZURE, INTEGRATION, UNIFIED, Route, build_request, current_form
 
@@ -54,19 +55,21 @@ class TranscriptionHandlers:
         form, headers = current_form()
         try:
             request, original = build_request(self.gateway, form, headers, route, deployment=deployment)
+            request, ticket = await self.gateway.governance.admit(headers, request)
             router = self.gateway.router
             kind = self.gateway.kind_of
             if request.stream:
                 events, served = await cancel_on_disconnect(router.stream(request))
                 slot = router.slots[served.provider]
                 return outbound.stream_response(
-                    events,
+                    ticket.watch(events, served.provider, models_of(served.model, served.deployment)),
                     served,
                     kind=kind(served.provider),
                     idle_timeout=slot.config.network.stream_idle_timeout_in_seconds,
                     original_model=original,
                 )
             result, served = await cancel_on_disconnect(router.transcribe(request))
+            await ticket.settle(result, served.provider, models_of(served.model, served.deployment))
             return outbound.result_response(
                 result,
                 served,

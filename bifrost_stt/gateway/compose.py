@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from bifrost_stt.kernel.errors import Overloaded
+from bifrost_stt.gateway.governance.service import Governance
 from bifrost_stt.gateway.jobs.runner import JobRunner
 from bifrost_stt.gateway.routing.router import ProviderSlot, Router
 from bifrost_stt.kernel.settings import GatewayConfig
@@ -29,6 +30,7 @@ class Gateway:
         self._configured = frozenset(config.providers)
         self._known = provider_ids | registry.known() | self._configured
         self.jobs = JobRunner(config.client)  # async transcription jobs; started and stopped with the gateway
+        self.governance = Governance(config.governance, kind_of=self.kind_of)  # virtual keys, budgets, limits
 
     @property
     def known_providers(self) -> frozenset[str]:
@@ -58,10 +60,12 @@ class Gateway:
             slots[provider_id] = ProviderSlot(cfg, impl, drop_excess=self.config.client.drop_excess_requests)
         self._router = Router(slots)
         log.info("providers ready: %s", ", ".join(sorted(slots)) or "none (configure one: see README)")
+        await self.governance.start()
         await self.jobs.start()
 
     async def aclose(self) -> None:
         await self.jobs.aclose()  # first: cancelling jobs ends their upstream calls before the clients close
+        await self.governance.aclose()
         clients, self._clients = self._clients, []
         for client in clients:
             try:

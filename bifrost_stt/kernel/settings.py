@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from bifrost_stt.kernel.governance import GovernanceConfig
+
 
 class Secret:
     """A string that prints as stars. ``reveal()`` is the only way to the value."""
@@ -127,6 +129,7 @@ class GatewayConfig:
     providers: Mapping[str, ProviderConfig] = field(default_factory=lambda: MappingProxyType({}))
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    governance: GovernanceConfig = field(default_factory=GovernanceConfig)  # virtual keys, budgets, limits
     ignored_sections: tuple[str, ...] = ()  # upstream sections accepted but not used here
     # upstream settings that would change behaviour but have no effect here (insecure_skip_verify, proxy_config ...)
     unsupported_fields: tuple[str, ...] = ()

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from bifrost_stt.gateway.config import governance as governance_section
 from bifrost_stt.gateway.config.schema import (
     CLIENT,
     KEY,
@@ -143,6 +144,7 @@ def from_document(document: Any, env: Mapping[str, str], known_kinds: frozenset[
     top = read_section({} if document is None else document, "", TOP, ctx)
     client = top.get("client", {})
     direct_default = client.pop("allow_direct_keys", False)
+    governance = governance_section.build(top.get("governance"), top.get("config_store"), client, ctx)
     version = top.get("version", 2)
     providers: dict[str, ProviderConfig] = {}
     for pid, raw in top.get("providers", {}).items():
@@ -153,6 +155,7 @@ def from_document(document: Any, env: Mapping[str, str], known_kinds: frozenset[
         providers=MappingProxyType(providers),
         client=ClientConfig(**client),
         server=ServerConfig(**top.get("server", {})),
+        governance=governance,
         ignored_sections=tuple(dict.fromkeys(ctx.ignored)),
         unsupported_fields=tuple(dict.fromkeys(ctx.unsupported)),
     )
