@@ -141,10 +141,7 @@ class ConfigStore:
         metadata.create_all(self.engine)
         with self.engine.begin() as conn:
             if conn.execute(select(meta.c.version).where(meta.c.name == "governance")).first() is None:
-                try:
-                    conn.execute(insert(meta).values(name="governance", version=0))
-                except Exception:  # another instance created it first
-                    pass
+                conn.execute(insert(meta).values(name="governance", version=0))
 
     def seed(self, config: GovernanceConfig) -> None:
         """Write the file's budgets, rate limits and keys (the file wins for the ids it names)."""

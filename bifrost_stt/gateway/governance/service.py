@@ -185,9 +185,19 @@ class Governance:
                  ", enforced" if cfg.enforce else "")
 
     def _prepare(self) -> None:
+        """Create, seed, load. Instances starting together race on the first two: the loser retries."""
+        from sqlalchemy.exc import SQLAlchemyError
+
         assert self.store is not None
-        self.store.create()
-        self.store.seed(self.config)
+        for attempt in range(8):
+            try:
+                self.store.create()
+                self.store.seed(self.config)
+                break
+            except SQLAlchemyError:
+                if attempt == 7:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
         self.snapshot = self.store.load()
 
     async def _follow(self) -> None:
