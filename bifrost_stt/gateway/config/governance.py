@@ -53,7 +53,7 @@ def _duration(value: Any, path: str, ctx: Context) -> str:
     import re
 
     text = string(non_empty=True)(value, path, ctx)
-    if not re.fullmatch(r"\d+(s|m|h|d|w|M|Q|Y)", text) or int(text[:-1]) <= 0:
+    if not re.fullmatch(r"[1-9][0-9]{0,8}(s|m|h|d|w|M|Q|Y)", text):
         raise ConfigError(path, f"{text!r} is not a reset duration; use a count and one of {_UNITS} (1h, 1d, 1M)")
     return str(text)
 

@@ -218,18 +218,21 @@ class ConfigStore:
     # -- writes (the management operations) ------------------------------------------------------------
 
     def save_key(
-        self, vk: VirtualKeyConfig, budget: BudgetConfig | None, rate_limit: RateLimitConfig | None,
+        self, vk: VirtualKeyConfig, budget_rows: list[BudgetConfig | None], limit_rows: list[RateLimitConfig | None],
         *, create: bool,
     ) -> VirtualKeyConfig:
-        """Insert or update ``vk`` and the budget and rate limit it owns, in one transaction."""
+        """Insert or update ``vk`` and the budgets and rate limits it owns, in one transaction. The first of
+        each list is the key's own (None: unchanged); the others belong to its provider configs."""
         now = time.time()
         with self.engine.begin() as conn:
-            if budget is not None:
-                self._upsert(conn, budgets, budget.id, {**asdict(budget), "updated_at": now}, now)
-                vk = replace(vk, budget_id=budget.id)
-            if rate_limit is not None:
-                self._upsert(conn, rate_limits, rate_limit.id, {**asdict(rate_limit), "updated_at": now}, now)
-                vk = replace(vk, rate_limit_id=rate_limit.id)
+            for i, budget in enumerate(budget_rows):
+                if budget is not None:
+                    self._upsert(conn, budgets, budget.id, {**asdict(budget), "updated_at": now}, now)
+                    vk = replace(vk, budget_id=budget.id) if i == 0 else vk
+            for i, rate_limit in enumerate(limit_rows):
+                if rate_limit is not None:
+                    self._upsert(conn, rate_limits, rate_limit.id, {**asdict(rate_limit), "updated_at": now}, now)
+                    vk = replace(vk, rate_limit_id=rate_limit.id) if i == 0 else vk
             row = {**self._vk_row(vk), "updated_at": now}
             if create:
                 conn.execute(insert(virtual_keys).values(**row, created_at=now))

@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from functools import lru_cache
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w|M|Q|Y)\s*$")
+_DURATION = re.compile(r"^\s*([1-9][0-9]{0,8})\s*(s|m|h|d|w|M|Q|Y)\s*$")
 _FIXED = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _MONDAY = 4 * 86400  # 1970-01-01 was a Thursday: shifting by four days starts weeks on Monday
 
@@ -26,7 +26,7 @@ def parse(text: str) -> tuple[int, str]:
     match = _DURATION.match(text)
     if not match or int(match.group(1)) <= 0:
         raise DurationError(
-            f"{text!r} is not a reset duration; use a positive count and one of s m h d w M Q Y (e.g. 1h, 1M)"
+            f"{text!r} is not a reset duration; use a count (1 to 999999999) and one of s m h d w M Q Y (e.g. 1h, 1M)"
         )
     return int(match.group(1)), match.group(2)
 
@@ -42,8 +42,12 @@ def window(text: str, now: float) -> tuple[int, int]:
     months = count * {"M": 1, "Q": 3, "Y": 12}[unit]
     moment = datetime.fromtimestamp(now, UTC)
     index = moment.year * 12 + moment.month - 1
-    first = index - index % months
-    return _month_start(first), _month_start(first + months)
+    first = max(index - index % months, _EPOCH_MONTH)  # a window longer than the calendar starts in 1970
+    return _month_start(first), _month_start(min(first + months, _LAST_MONTH))
+
+
+_EPOCH_MONTH = 1970 * 12
+_LAST_MONTH = 9999 * 12 + 11  # datetime's last month: windows that would end later end there
 
 
 def _month_start(index: int) -> int:

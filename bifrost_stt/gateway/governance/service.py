@@ -341,6 +341,12 @@ class Governance:
 
     # -- reads for the management operations ----------------------------------------------------------
 
+    @staticmethod
+    def counter(kind: str, limit_id: str, duration: str, now: float) -> tuple[str, int]:
+        """The counter key of a limit's current window and the window's start (``kind``: b, r or a)."""
+        start, _ = durations.window(duration, now)
+        return f"{kind}:{limit_id}:{start}", start
+
     async def usage(self, keys: list[str]) -> list[float]:
         if not keys or self.counters is None:
             return [0.0] * len(keys)

@@ -126,7 +126,7 @@ async def test_postgres_config_store_changes_reach_another_instance_within_a_sec
         vk = first.snapshot.keys["vk-pg"]
         from dataclasses import replace
 
-        first.store.save_key(replace(vk, is_active=False), None, None, create=False)
+        first.store.save_key(replace(vk, is_active=False), [None], [None], create=False)
         deadline = time.monotonic() + 1.0
         while second.snapshot.keys["vk-pg"].is_active and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
