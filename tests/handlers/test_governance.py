@@ -33,7 +33,7 @@ def gateway_config(fakes: dict[str, Any], tmp: Path, *, governance: dict[str, An
     """An upstream-shaped config file: providers at the fakes, governance as given, a private store."""
     openai, groq, azure = fakes["openai"], fakes["groq"], fakes["azure"]
     doc = {
-        "client": {"enforce_auth_on_inference": enforce},
+        "client": {"enforce_auth_on_inference": enforce, "job_store_path": str(tmp / "jobs.sqlite3")},
         "providers": {
             "openai": {"keys": [{"name": "o", "value": OPENAI_KEY, "weight": 1}],
                        "network_config": {"base_url": openai.base_url}, **provider_extra},
@@ -254,3 +254,15 @@ def test_redis_unreachable_fail_closed_and_fail_open(run_gateway: Any, fakes: di
     (tmp_path / "open").mkdir()
     url = run_gateway(gateway_config(fakes, tmp_path / "open", governance=gov))
     assert post(url, headers={"x-bf-vk": VK}).status_code == 200
+
+
+def test_a_stream_is_charged_when_it_ends(run_gateway: Any, fakes: dict[str, Any], tmp_path: Path) -> None:
+    gov = default_governance()
+    gov["budgets"].append({"id": "b-tiny", "max_limit": 0.00001, "reset_duration": "1d"})
+    gov["virtual_keys"][3]["budget_id"] = "b-tiny"
+    url = run_gateway(gateway_config(fakes, tmp_path, governance=gov))
+    r = post(url, "openai/gpt-4o-mini-transcribe", headers={"x-bf-vk": PLAIN_VK}, stream="true")
+    assert r.status_code == 200 and "transcript.text.done" in r.text
+    # 27 audio tokens at $3/M and 11 text tokens at $5/M, from the final event's usage
+    body = refused(post(url, "openai/gpt-4o-mini-transcribe", headers={"x-bf-vk": PLAIN_VK}), 402, "budget_exceeded")
+    assert body["error"]["message"] == "team-b budget exceeded: 0.0001 >= 0.0000 dollars"
