@@ -15,6 +15,8 @@ is overspent by at most what the requests already in flight cost.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import sqlite3
 import time
@@ -22,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from bifrost_stt.gateway.governance.resp import RespClient, RespError
 
 log = logging.getLogger("bifrost_stt.governance")
 
@@ -192,32 +196,37 @@ return 1
 
 
 class RedisCounters:
-    """Counters in Redis, shared by every gateway instance pointing at it. Every key starts with ``prefix``."""
+    """Counters in Redis, shared by every gateway instance pointing at it. Every key starts with ``prefix``.
 
-    def __init__(self, client: Any, prefix: str) -> None:
+    The scripts run by SHA (EVALSHA); a server that does not know one yet (restarted, flushed) is sent it
+    with SCRIPT LOAD first.
+    """
+
+    def __init__(self, client: RespClient, prefix: str) -> None:
         self._redis = client
         self._prefix = prefix
-        self._admit = client.register_script(_ADMIT)
-        self._add = client.register_script(_ADD)
+        self._scripts = {name: (hashlib.sha1(body.encode()).hexdigest(), body)
+                         for name, body in (("admit", _ADMIT), ("add", _ADD))}
 
     @classmethod
     def connect(cls, addr: str, *, username: str | None, password: str | None, db: int, prefix: str,
                 timeout: float) -> RedisCounters:
-        import redis.asyncio as aioredis
-
         host, _, port = addr.rpartition(":")
-        client = aioredis.Redis(
-            host=host or addr, port=int(port) if host and port else 6379, username=username or None,
-            password=password or None, db=db, socket_timeout=timeout, socket_connect_timeout=timeout,
-        )
+        client = RespClient(host or addr, int(port) if host and port else 6379, username=username,
+                            password=password, db=db, timeout=timeout)
         return cls(client, prefix)
 
-    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        from redis.exceptions import RedisError
-
+    async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        sha, body = self._scripts[name]
         try:
-            return await script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
+            try:
+                return await self._redis.call("EVALSHA", sha, len(keys), *keys, *args)
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                await self._redis.call("SCRIPT", "LOAD", body)  # EVAL alone may not cache it (Redis 7.4+)
+                return await self._redis.call("EVALSHA", sha, len(keys), *keys, *args)
+        except (RespError, OSError, ConnectionError, asyncio.TimeoutError) as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def admit(self, limits: Sequence[Limit]) -> Refusal | None:
@@ -226,7 +235,7 @@ class RedisCounters:
         args: list[Any] = []
         for limit in limits:
             args += [repr(float(limit.max)), repr(float(limit.amount)), int(limit.expires * 1000) + 1000]
-        index, used = await self._run(self._admit, [self._prefix + limit.key for limit in limits], args)
+        index, used = await self._run("admit", [self._prefix + limit.key for limit in limits], args)
         return None if int(index) == 0 else Refusal(int(index) - 1, float(used))
 
     async def add(self, charges: Sequence[tuple[str, float, float]]) -> None:
@@ -236,16 +245,14 @@ class RedisCounters:
         args: list[Any] = []
         for _, amount, expires in charges:
             args += [repr(float(amount)), int(expires * 1000) + 1000]
-        await self._run(self._add, [self._prefix + key for key, _, _ in charges], args)
+        await self._run("add", [self._prefix + key for key, _, _ in charges], args)
 
     async def read(self, keys: Sequence[str]) -> list[float]:
-        from redis.exceptions import RedisError
-
         if not keys:
             return []
         try:
-            values = await self._redis.mget([self._prefix + k for k in keys])
-        except (RedisError, OSError) as exc:
+            values = await self._redis.call("MGET", *[self._prefix + k for k in keys])
+        except (RespError, OSError, ConnectionError) as exc:
             raise StoreUnavailable(str(exc)) from exc
         return [float(v) if v is not None else 0.0 for v in values]
 

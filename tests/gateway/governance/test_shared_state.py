@@ -81,9 +81,10 @@ def test_two_gateways_on_one_redis_admit_exactly_the_limit(two_gateways: list[st
 
 
 async def test_redis_admission_is_atomic_under_concurrency(redis_url: str, redis_prefix: str) -> None:
-    import redis.asyncio as aioredis
+    import redis
 
-    counters = RedisCounters(aioredis.Redis.from_url(redis_url), redis_prefix)
+    addr = redis_url.removeprefix("redis://").split("/", 1)[0]
+    counters = RedisCounters.connect(addr, username=None, password=None, db=0, prefix=redis_prefix, timeout=2)
     try:
         end = time.time() + 60
         limits = [Limit("r:x:0", 10, 1.0, end), Limit("b:x:0", 1.0, 0.0, end)]
@@ -93,7 +94,7 @@ async def test_redis_admission_is_atomic_under_concurrency(redis_url: str, redis
         refusal = await counters.admit([Limit("b:x:0", 1.0, 0.0, end)])
         assert refusal is not None and refusal.used == pytest.approx(1.2)
         assert await counters.read(["r:x:0", "b:x:0", "missing"]) == [10.0, pytest.approx(1.2), 0.0]
-        ttl = await counters._redis.pttl(redis_prefix + "r:x:0")
+        ttl = redis.Redis.from_url(redis_url).pttl(redis_prefix + "r:x:0")  # redis-py checks our client
         assert 0 < ttl <= 62_000
     finally:
         await counters.aclose()
@@ -134,3 +135,41 @@ async def test_postgres_config_store_changes_reach_another_instance_within_a_sec
     finally:
         await first.aclose()
         await second.aclose()
+
+
+async def test_redis_scripts_unknown_to_the_server_are_loaded(redis_url: str, redis_prefix: str) -> None:
+    import hashlib
+
+    from bifrost_stt.gateway.governance import counters as module
+
+    addr = redis_url.removeprefix("redis://").split("/", 1)[0]
+    counters = RedisCounters.connect(addr, username=None, password=None, db=0, prefix=redis_prefix, timeout=2)
+    body = module._ADMIT + f"\n-- {redis_prefix}\n"  # a script this server has never seen
+    counters._scripts["admit"] = (hashlib.sha1(body.encode()).hexdigest(), body)
+    try:
+        end = time.time() + 60
+        assert await counters.admit([Limit("r:n:0", 1, 1.0, end)]) is None
+        assert await counters.admit([Limit("r:n:0", 1, 1.0, end)]) is not None
+    finally:
+        await counters.aclose()
+
+
+async def test_a_silent_redis_is_unavailable_within_the_timeout() -> None:
+    from bifrost_stt.gateway.governance.counters import StoreUnavailable
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)
+        await asyncio.sleep(5)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    counters = RedisCounters.connect(f"127.0.0.1:{port}", username=None, password=None, db=0, prefix="p:",
+                                     timeout=0.2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StoreUnavailable):
+            await counters.admit([Limit("r:s:0", 1, 1.0, time.time() + 60)])
+        assert time.monotonic() - started < 1.0
+    finally:
+        await counters.aclose()
+        server.close()
