@@ -11,6 +11,7 @@ from connexion import context
 from bifrost_stt.kernel.canonical import AudioSource, TranscriptionRequest
 from bifrost_stt.kernel.errors import ClientError
 from bifrost_stt.kernel.governance import VK_PREFIX
+from bifrost_stt.kernel.settings import Secret
 from bifrost_stt.gateway.routing.models import resolve_model
 from bifrost_stt.gateway.contract.multipart import ParsedForm, parsed_form
 from bifrost_stt.gateway.compose import Gateway
@@ -40,7 +41,7 @@ def current_form() -> tuple[ParsedForm, dict[str, str]]:
     return form, headers
 
 
-def _direct_key(headers: Mapping[str, str], route: Route) -> str | None:
+def _direct_key(headers: Mapping[str, str], route: Route) -> Secret | None:
     value = headers.get(route.direct_key_header)
     if value is None and route.direct_key_header != "authorization":
         value = headers.get("authorization")
@@ -48,11 +49,11 @@ def _direct_key(headers: Mapping[str, str], route: Route) -> str | None:
         return None
     scheme, _, token = value.partition(" ")
     if token and scheme.lower() == "bearer":
-        key = token.strip() or None
+        raw: str | None = token.strip() or None
     else:
-        key = value.strip() if route.direct_key_header != "authorization" else None
+        raw = value.strip() if route.direct_key_header != "authorization" else None
     # an sk-bf- value is a virtual key (bifrost_stt.gateway.governance), never a provider's key
-    return None if key is not None and key.startswith(VK_PREFIX) else key
+    return Secret(raw) if raw and not raw.startswith(VK_PREFIX) else None
 
 
 def _text(fields: Mapping[str, Any], name: str) -> str | None:

@@ -57,23 +57,17 @@ class TranscriptionHandlers:
             request, original = build_request(self.gateway, form, headers, route, deployment=deployment)
             request, ticket = await self.gateway.governance.admit(headers, request)
             router = self.gateway.router
-            kind = self.gateway.kind_of
             if request.stream:
                 events, served = await cancel_on_disconnect(router.stream(request))
-                slot = router.slots[served.provider]
                 return outbound.stream_response(
                     ticket.watch(events, served.provider, models_of(served.model, served.deployment)),
-                    served,
-                    kind=kind(served.provider),
-                    idle_timeout=slot.config.network.stream_idle_timeout_in_seconds,
-                    original_model=original,
+                    served, original_model=original,
                 )
             result, served = await cancel_on_disconnect(router.transcribe(request))
             await ticket.settle(result, served.provider, models_of(served.model, served.deployment))
             return outbound.result_response(
                 result,
                 served,
-                kind=kind(served.provider),
                 response_format=request.response_format,
                 granularities=request.timestamp_granularities,
                 original_model=original,

@@ -12,7 +12,8 @@ from typing import Any
 from bifrost_stt.kernel.errors import Overloaded
 from bifrost_stt.gateway.governance.service import Governance
 from bifrost_stt.gateway.jobs.runner import JobRunner
-from bifrost_stt.gateway.routing.router import ProviderSlot, Router
+from bifrost_stt.gateway.routing.admission import ProviderSlot
+from bifrost_stt.gateway.routing.router import Router
 from bifrost_stt.kernel.settings import GatewayConfig
 from bifrost_stt.providers import registry
 from bifrost_stt.providers.http import make_client
@@ -30,7 +31,12 @@ class Gateway:
         self._configured = frozenset(config.providers)
         self._known = provider_ids | registry.known() | self._configured
         self.jobs = JobRunner(config.client)  # async transcription jobs; started and stopped with the gateway
-        self.governance = Governance(config.governance, kind_of=self.kind_of)  # virtual keys, budgets, limits
+        self.governance = Governance(config.governance, kind_of=self._kind_of)  # virtual keys, budgets, limits
+
+    def _kind_of(self, provider: str) -> str:
+        """A provider id's registry kind (a custom provider's base type), for the price table."""
+        cfg = self.config.providers.get(provider)
+        return cfg.kind if cfg else provider
 
     @property
     def known_providers(self) -> frozenset[str]:
@@ -40,10 +46,6 @@ class Gateway:
     @property
     def configured(self) -> frozenset[str]:
         return self._configured
-
-    def kind_of(self, provider: str) -> str:
-        cfg = self.config.providers.get(provider)
-        return cfg.kind if cfg else provider
 
     @property
     def router(self) -> Router:

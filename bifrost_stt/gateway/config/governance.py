@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from bifrost_stt.gateway.config.schema import (
+from bifrost_stt.kernel.fields import (
     ConfigError,
     Context,
     Field,

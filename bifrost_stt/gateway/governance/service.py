@@ -249,7 +249,7 @@ class Governance:
     async def admit(self, headers: Mapping[str, str], request: TranscriptionRequest
                     ) -> tuple[TranscriptionRequest, Ticket]:
         value = decide.key_from_headers(headers) if self.enabled else None
-        if decide.is_virtual_key(request.direct_key):
+        if request.direct_key is not None and decide.is_virtual_key(request.direct_key.reveal()):
             request = replace(request, direct_key=None)  # a virtual key is never a provider's key
         if value is None:
             if self.config.enforce:
