@@ -271,10 +271,6 @@ def summary(config: GatewayConfig, path: str | None) -> list[str]:
     return lines
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def _governance_line(config: GatewayConfig) -> str:
     """One line on virtual keys and where their state lives (never a key's value)."""
     gov = config.governance
@@ -285,3 +281,8 @@ def _governance_line(config: GatewayConfig) -> str:
     return (f"governance: {len(gov.virtual_keys)} virtual keys, {len(gov.budgets)} budgets, "
             f"{len(gov.rate_limits)} rate limits{', enforced' if gov.enforce else ''}; config_store {store}; "
             f"counters in {counters}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -112,8 +112,24 @@ async def test_sqlite_counters_refuse_what_the_limit_does_not_allow(tmp_path: Pa
     await b.aclose()
 
 
-async def test_postgres_config_store_changes_reach_another_instance_within_a_second(postgres_url: str) -> None:
-    store = ConfigStoreConfig(type="postgres", url=Secret(postgres_url))
+@pytest.fixture
+def pg_schema_url(postgres_url: str) -> Iterator[str]:
+    """The session database, with a schema of this test's own (the session's public schema stays empty)."""
+    import secrets as token
+
+    import psycopg
+
+    schema = f"gov_{token.token_hex(4)}"
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    yield f"{postgres_url}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+async def test_postgres_config_store_changes_reach_another_instance_within_a_second(pg_schema_url: str) -> None:
+    store = ConfigStoreConfig(type="postgres", url=Secret(pg_schema_url))
     first = Governance(GovernanceConfig(
         virtual_keys=(VirtualKeyConfig(id="vk-pg", name="pg", value=Secret("sk-bf-pg-1")),),
         config_store=store, sync_interval_seconds=0.2,
