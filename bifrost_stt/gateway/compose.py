@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bifrost_stt.gateway.cache.policy import Cache
 from bifrost_stt.kernel.errors import Overloaded
 from bifrost_stt.gateway.governance.service import Governance
 from bifrost_stt.gateway.jobs.runner import JobRunner
 from bifrost_stt.gateway.routing.admission import ProviderSlot
 from bifrost_stt.gateway.routing.router import Router
+from bifrost_stt.kernel.capabilities import ModelCatalog
 from bifrost_stt.kernel.settings import GatewayConfig
 from bifrost_stt.providers import registry
 from bifrost_stt.providers.http import make_client
@@ -32,6 +34,7 @@ class Gateway:
         self._known = provider_ids | registry.known() | self._configured
         self.jobs = JobRunner(config.client)  # async transcription jobs; started and stopped with the gateway
         self.governance = Governance(config.governance, kind_of=self._kind_of)  # virtual keys, budgets, limits
+        self.cache = Cache(config.cache)  # the exact transcription cache; its store opens in start()
 
     def _kind_of(self, provider: str) -> str:
         """A provider id's registry kind (a custom provider's base type), for the price table."""
@@ -46,6 +49,21 @@ class Gateway:
     @property
     def configured(self) -> frozenset[str]:
         return self._configured
+
+    def bare_model(self, model: str, default_provider: str | None) -> tuple[str | None, str]:
+        """Where a model without a provider prefix goes on a route whose default is ``default_provider``.
+
+        Zero config: when the only configured provider knows its models (``ModelCatalog``: the local
+        engine), a bare name goes to it, and a name it does not know (``whisper-1``, an Azure deployment)
+        to its default model. Otherwise the route's default, with the name unchanged.
+        """
+        if default_provider is None or len(self._configured) != 1 or self._router is None:
+            return default_provider, model
+        (only,) = self._configured
+        impl = self._router.slots[only].impl
+        if not isinstance(impl, ModelCatalog):
+            return default_provider, model
+        return only, model if impl.knows(model) else impl.default_model
 
     @property
     def router(self) -> Router:
@@ -64,10 +82,19 @@ class Gateway:
         log.info("providers ready: %s", ", ".join(sorted(slots)) or "none (configure one: see README)")
         await self.governance.start()
         await self.jobs.start()
+        await self.cache.start()  # a broken store is logged and serves misses: never a failed start
 
     async def aclose(self) -> None:
         await self.jobs.aclose()  # first: cancelling jobs ends their upstream calls before the clients close
         await self.governance.aclose()
+        await self.cache.aclose()
+        for slot in (self._router.slots.values() if self._router is not None else ()):
+            close = getattr(slot.impl, "aclose", None)  # providers holding more than a client (the local engine)
+            if close is not None:
+                try:
+                    await close()
+                except Exception:
+                    log.exception("closing provider %s failed", slot.config.id)
         clients, self._clients = self._clients, []
         for client in clients:
             try:

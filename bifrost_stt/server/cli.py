@@ -132,12 +132,26 @@ def _serve(args: argparse.Namespace) -> int:
                         format="%(levelname)s:     %(message)s")
     _log_reports(config)
     if not config.providers:
-        log.warning("no provider is configured: every transcription request will fail (see docs/configuration.md)")
+        log.warning("no provider is configured: every transcription request will fail (configure one, or "
+                    "install the local engine: pip install 'bifrost-stt[local]'; see docs/configuration.md)")
+    elif len(config.providers) == 1 and getattr(only_options(config), "default_model", None):
+        (pid,) = config.providers
+        log.info("only the %s engine is configured: %s/<model> works on every route, and model names it does "
+                 "not know (whisper-1, gpt-4o-transcribe, Azure deployments) are served by %s/%s; configure a "
+                 "cloud provider to send bare names to openai again", pid, pid, pid,
+                 getattr(only_options(config), "default_model"))
     os.environ[CONFIG_ENV] = os.path.abspath(path) if path else ""
     os.environ[OVERRIDES_ENV] = json.dumps(overrides)
 
     import uvicorn  # imported here so `check-config` and `--help` stay fast
 
+    from bifrost_stt.server import connections
+
+    # Header/body timeouts, a minimum upload rate and a connection cap (server.* settings): see
+    # bifrost_stt.server.connections, on uvicorn's httptools protocol (uvicorn[standard] brings httptools).
+    connections.configure(connections.Limits.of(server))
+    descriptors = connections.raise_open_file_limit()
+    log.info("accepting up to %d connections (open-file limit %d)", connections.current().cap(), descriptors)
     uvicorn.run(
         APP_FACTORY,
         factory=True,
@@ -146,7 +160,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=server.workers,
         lifespan="on",  # a broken wiring must stop the start, not turn every request into a 500
         loop="uvloop" if importlib.util.find_spec("uvloop") else "auto",
-        http="httptools" if importlib.util.find_spec("httptools") else "auto",
+        http=connections.GuardedHttpTools,
         log_level=server.log_level,
         # X-Forwarded-* rewriting wraps every request in one more middleware and nothing here reads the
         # client address or scheme: off (uvicorn's default is on).
@@ -154,6 +168,12 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=_shutdown_timeout(config),
     )
     return 0
+
+
+def only_options(config: GatewayConfig) -> object:
+    """The settings of the one configured provider (a provider module's own, such as the local engine's)."""
+    (provider,) = config.providers.values()
+    return provider.options
 
 
 def _shutdown_timeout(config: GatewayConfig) -> int:
@@ -280,6 +300,11 @@ def summary(config: GatewayConfig, path: str | None) -> list[str]:
         lines.append("providers: none configured")
     for pid, provider in config.providers.items():
         kind = "" if provider.kind == pid else f" (custom, kind {provider.kind})"
+        if provider.options is not None:  # a provider with settings of its own (the local engine): no network
+            limits = provider.concurrency
+            lines.append(f"provider {pid}{kind}: {provider.options}, concurrency {limits.concurrency}, "
+                         f"buffer_size {limits.buffer_size}")
+            continue
         lines.append(f"provider {pid}{kind}: base_url {provider.network.base_url or 'default'}"
                      + (", key-less" if provider.is_key_less else ""))
         for key in provider.keys:
@@ -295,6 +320,7 @@ def summary(config: GatewayConfig, path: str | None) -> list[str]:
     lines.append(f"server: {server.host}:{server.port}, workers {server.workers}, log level {server.log_level}")
     lines.append(f"client: max body {config.client.max_request_body_size_mb} MB")
     lines.append(_governance_line(config))
+    lines.append(_cache_line(config))
     if config.ignored_sections:
         lines.append("ignored (not used for transcription): " + ", ".join(config.ignored_sections))
     if config.unsupported_fields:
@@ -312,6 +338,16 @@ def _governance_line(config: GatewayConfig) -> str:
     return (f"governance: {len(gov.virtual_keys)} virtual keys, {len(gov.budgets)} budgets, "
             f"{len(gov.rate_limits)} rate limits{', enforced' if gov.enforce else ''}; config_store {store}; "
             f"counters in {counters}")
+
+
+def _cache_line(config: GatewayConfig) -> str:
+    cache = config.cache
+    if not cache.enabled:
+        return "cache: off"
+    where = (f"redis {cache.redis.addr} db {cache.redis.db}, namespace {cache.namespace}" if cache.redis
+             else f"embedded {cache.store_path or 'per-user temp dir'}, at most {cache.max_size_mb} MB")
+    engaged = f"default key {cache.default_cache_key!r}" if cache.default_cache_key else "x-bf-cache-key"
+    return f"cache: {where}; ttl {cache.ttl_seconds:g} s; engaged by {engaged}"
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ FROM_UPSTREAM: tuple[str, ...] = (
     "getVirtualKeyQuota",
     "listBudgets",
     "listRateLimits",
+    "clearCacheByRequestId",
+    "clearCacheByCacheKey",
 )
 # Declared by openapi/overlay.yaml: our /health (upstream's has another shape) and the /openai/audio alias.
 OURS: tuple[str, ...] = ("getHealth", "openaiCreateTranscriptionAlias")
