@@ -74,3 +74,22 @@ def test_budgets_and_rate_limits_show_current_usage(run_gateway: Any, fake_opena
         assert limits[0]["request_current_usage"] == 1 and limits[0]["request_max_limit"] == 100
         bad = api.post(f"{API}/virtual-keys", json={"name": "x", "budget": {"max_limit": 1, "reset_duration": "1x"}})
         assert bad.status_code == 400
+
+
+def test_a_cache_hit_counts_for_the_rate_limit_but_costs_nothing(
+    run_gateway: Any, fake_openai: Any, fake_groq: Any, fake_azure: Any, tmp_path: Path
+) -> None:
+    from tests.audio import wav_bytes
+
+    fakes = {"openai": fake_openai, "groq": fake_groq, "azure": fake_azure}
+    url = run_gateway(gateway_config(fakes, tmp_path, governance=default_governance()))
+    audio, headers = wav_bytes(3.0), {"x-bf-vk": VK, "x-bf-cache-key": f"gov-{tmp_path.name}"}
+    first = post(url, headers=headers, audio=audio, response_format="text")
+    second = post(url, headers=headers, audio=audio, response_format="text")
+    assert first.status_code == second.status_code == 200, second.text
+    assert len(fake_openai.requests) == 1  # the second was served from the cache
+    with httpx.Client(base_url=url, timeout=10) as api:
+        budget = api.get(f"{API}/budgets").json()["budgets"][0]
+        limit = api.get(f"{API}/rate-limits").json()["rate_limits"][0]
+    assert abs(budget["current_usage"] - 0.0003) < 1e-9  # 3 s of whisper-1, once
+    assert limit["request_current_usage"] == 2
