@@ -86,6 +86,13 @@ async def measure(cfg: GovernanceConfig, requests: int, with_key: bool) -> tuple
         return (user2 - user) / requests * 1e6, (system2 - system) / requests * 1e6
     finally:
         await gov.aclose()
+        if cfg.store is not None:  # leave nothing behind in a shared Redis
+            import redis
+
+            client = redis.Redis.from_url(f"redis://{cfg.store.addr}/{cfg.store.db}")
+            for key in client.scan_iter(match=cfg.store.key_prefix + "*", count=500):
+                client.delete(key)
+            client.close()
 
 
 async def main() -> None:
