@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from dataclasses import replace
@@ -20,6 +21,7 @@ import schemathesis
 
 from bifrost_stt.gateway.contract import loading as spec
 from bifrost_stt.kernel.settings import LogsStoreConfig
+from bifrost_stt.kernel.governance import ConfigStoreConfig, GovernanceConfig
 from bifrost_stt.server.app import create_app
 from tests.audio import wav_bytes
 from tests.support import config_with
@@ -143,9 +145,12 @@ def gateway(
         _fake_groq_server.provider_config(),
         job_store_path=str(tmp_path_factory.mktemp("jobs") / "jobs.sqlite3"),
     )
+    # governance on (its operations are served) but not enforced: inference needs no virtual key
+    store = ConfigStoreConfig(path=str(tmp_path_factory.mktemp("governance") / "gov.sqlite3"))
     # the request-log operations answer from a real store (a 503 "store off" would be all they ever said)
     logs = LogsStoreConfig(enabled=True, path=str(tmp_path_factory.mktemp("logs") / "logs.db"))
-    APP.app = create_app(replace(config, logs_store=logs))
+    config = replace(config, governance=GovernanceConfig(config_store=store), logs_store=logs)
+    APP.app = create_app(config)
     yield
     APP.app = None
 

@@ -13,6 +13,8 @@ from bifrost_stt.gateway.cache.policy import Cache
 from bifrost_stt.kernel.errors import Overloaded
 from bifrost_stt.kernel.record import RequestRecord
 from bifrost_stt.gateway.access import Access
+from bifrost_stt.gateway.governance.decide import key_from_headers
+from bifrost_stt.gateway.governance.service import Governance
 from bifrost_stt.gateway.jobs.runner import JobRunner
 from bifrost_stt.gateway.observe import logline, metrics, tracing
 from bifrost_stt.gateway.stores.logs import LogSink
@@ -38,7 +40,17 @@ class Gateway:
         self.jobs = JobRunner(config.client)  # async transcription jobs; started and stopped with the gateway
         self.access = Access(config.auth)  # who may call what (admin basic auth; governance adds virtual keys)
         self.logs = LogSink(config.logs_store, config.client, on_drop=metrics.dropped)  # the request-log store
+        self.governance = Governance(config.governance, kind_of=self._kind_of)  # virtual keys, budgets, limits
+        if self.governance.enabled:
+            # With admin auth on, a virtual key may call the inference routes too; governance checks the key
+            # itself (unknown or blocked: its own 401/403).
+            self.access.accept_inference = lambda headers: key_from_headers(headers) is not None
         self.cache = Cache(config.cache)  # the exact transcription cache; its store opens in start()
+
+    def _kind_of(self, provider: str) -> str:
+        """A provider id's registry kind (a custom provider's base type), for the price table."""
+        cfg = self.config.providers.get(provider)
+        return cfg.kind if cfg else provider
 
     @property
     def known_providers(self) -> frozenset[str]:
@@ -81,6 +93,7 @@ class Gateway:
         log.info("providers ready: %s", ", ".join(sorted(slots)) or "none (configure one: see README)")
         metrics.keys_configured((pid, key.name) for pid, cfg in self.config.providers.items()
                                 for key in cfg.keys if key.enabled)
+        await self.governance.start()
         await self.jobs.start()
         await self.logs.start()
         tracing.setup()  # only when OTEL_* asks for traces
@@ -101,6 +114,7 @@ class Gateway:
         await self.jobs.aclose()  # first: cancelling jobs ends their upstream calls before the clients close
         await self.logs.aclose()  # after the jobs: their records are queued by now
         metrics.worker_exit()
+        await self.governance.aclose()
         await self.cache.aclose()
         for slot in (self._router.slots.values() if self._router is not None else ()):
             close = getattr(slot.impl, "aclose", None)  # providers holding more than a client (the local engine)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from bifrost_stt.kernel.governance import GovernanceConfig
+
 
 class Secret:
     """A string that prints as stars. ``reveal()`` is the only way to the value."""
@@ -214,6 +216,7 @@ class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     logs_store: LogsStoreConfig = field(default_factory=LogsStoreConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)  # governance.auth_config
+    governance: GovernanceConfig = field(default_factory=GovernanceConfig)  # virtual keys, budgets, limits
     cache: CacheConfig = field(default_factory=CacheConfig)
     ignored_sections: tuple[str, ...] = ()  # upstream sections accepted but not used here
     # upstream settings that would change behaviour but have no effect here (insecure_skip_verify, proxy_config ...)

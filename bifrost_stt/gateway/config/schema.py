@@ -126,9 +126,9 @@ CLIENT: Mapping[str, Field] = {
     "enable_logging": Field(boolean),
     "disable_content_logging": Field(boolean),
     "log_retention_days": Field(integer(minimum=1)),
-    # would change who may call the gateway: reported when true, since nothing here enforces it
-    "enforce_auth_on_inference": Field(boolean, use="unsupported"),
-    "enforce_governance_header": Field(boolean, use="unsupported"),
+    # a request without a virtual key is 401 (bifrost_stt.gateway.governance)
+    "enforce_auth_on_inference": Field(boolean),
+    "enforce_governance_header": Field(boolean),
     "enforce_scim_auth": Field(boolean, use="unsupported"),
     "required_headers": Field(strings, use="unsupported"),
     **{
@@ -179,17 +179,6 @@ AUTH: Mapping[str, Field] = {
 }
 
 
-def governance(value: Any, path: str, ctx: Context) -> dict[str, Any]:
-    """``governance``: ``auth_config`` is read; the rest (virtual keys, budgets, ...) reported as ignored."""
-    obj = as_object(value, path, ctx)
-    out: dict[str, Any] = {}
-    for key, raw in obj.items():
-        if key == "auth_config":
-            out[key] = read_section(raw, join(path, key), AUTH, ctx)
-        else:
-            ctx.ignored.append(join(path, key))
-    return out
-
 SERVER: Mapping[str, Field] = {
     "host": Field(string(non_empty=True)),
     "port": Field(integer(minimum=0, maximum=65535)),
@@ -207,7 +196,7 @@ SERVER: Mapping[str, Field] = {
 # Upstream top-level sections that do not concern transcription (transports/config.schema.json).
 IGNORED_SECTIONS = (
     "access_profiles", "alerting", "audit_logs", "auth_config", "circuit_breaker_config", "cluster_config",
-    "config_store", "encryption_key", "env_label", "feature_flags", "framework",
+    "encryption_key", "env_label", "feature_flags", "framework",
     "guardrails_config", "large_payload_optimization", "load_balancer_config", "mcp",
     "scim_config", "skills_registry", "source_of_truth", "webhooks", "websocket",
 )
@@ -220,7 +209,8 @@ TOP: Mapping[str, Field] = {
     "version": Field(integer(minimum=1, maximum=2)),
     "$schema": Field(use="silent"),
     "logs_store": Field(section(LOGS_STORE)),
-    "governance": Field(governance),
+    "governance": Field(as_object),  # bifrost_stt.gateway.config.governance reads it
+    "config_store": Field(as_object),
     # the cache's sections, read by bifrost_stt.gateway.config.cache (their shape lives there)
     "plugins": Field(),
     "vector_store": Field(),

@@ -23,6 +23,15 @@ FROM_UPSTREAM: tuple[str, ...] = (
     "getLogsStats",
     "getLogById",
     "deleteLogs",
+    # governance (bifrost_stt.gateway.governance, handlers/governance.py)
+    "createVirtualKey",
+    "listVirtualKeys",
+    "getVirtualKey",
+    "updateVirtualKey",
+    "deleteVirtualKey",
+    "getVirtualKeyQuota",
+    "listBudgets",
+    "listRateLimits",
     "clearCacheByRequestId",
     "clearCacheByCacheKey",
 )

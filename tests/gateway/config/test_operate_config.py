@@ -61,11 +61,10 @@ def test_mistakes_name_their_path(document: dict[str, Any], path: str) -> None:
 
 def test_auth_config_reads_env_and_never_shows_the_password() -> None:
     config = load({"governance": {"auth_config": {"is_enabled": True, "admin_username": "ops",
-                                                  "admin_password": "env.ADMIN_PW"},
-                                  "virtual_keys": [{"id": "vk"}]}})
+                                                  "admin_password": "env.ADMIN_PW"}}})
     assert config.auth.active and config.auth.admin_password.reveal() == PASSWORD
     assert not config.auth.disable_auth_on_inference  # upstream's default
-    assert "governance.virtual_keys" in config.ignored_sections
+    assert "governance.auth_config" not in config.ignored_sections  # read here, not by governance
     assert PASSWORD not in repr(config) and PASSWORD not in "\n".join(summary(config, None))
     assert "admin auth: on, user ops" in summary(config, None)
     off = load({"governance": {"auth_config": {"is_enabled": False, "admin_username": "ops"}}})
