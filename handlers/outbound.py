@@ -33,7 +33,7 @@ def error_response(err: GatewayError) -> Response:
 
 
 def extra_fields(served: Served, kind: str, *, latency_ms: int, chunk_index: int = 0) -> dict[str, Any]:
-    return {
+    extra: dict[str, Any] = {
         "request_type": "transcription",
         "provider": kind,
         "model_requested": served.model,
@@ -41,6 +41,9 @@ def extra_fields(served: Served, kind: str, *, latency_ms: int, chunk_index: int
         "latency": latency_ms,
         "chunk_index": chunk_index,
     }
+    if served.pieces > 1:  # long audio, split by the gateway (bifrost_stt.gateway.longaudio)
+        extra["pieces"] = served.pieces
+    return extra
 
 
 def route_headers(served: Served, original_model: str) -> dict[str, str]:

@@ -300,11 +300,13 @@ def join_url(base: str | None, path: str, provider: str) -> str:
     return root + path
 
 
-# OpenAI's gpt-4o(-mini)-transcribe answer json or text only, with no timings; they stream.
+# OpenAI's gpt-4o(-mini)-transcribe answer json or text only, with no timings; they stream. They refuse
+# audio longer than ~1,400 s (400 naming the duration); Azure's deployments of them ~1,500 s (AUDIO.md §2).
 GPT4O_TRANSCRIBE = Capabilities(
     native_formats=frozenset({"json", "text"}), native_stream=True, word_timestamps=False,
-    segment_timestamps=False, max_file_mb=25,
+    segment_timestamps=False, max_file_mb=25, max_duration_s=1400.0,
 )
+AZURE_GPT4O_TRANSCRIBE = replace(GPT4O_TRANSCRIBE, max_duration_s=1500.0)
 
 OPENAI = Vendor(
     default_base_url="https://api.openai.com",
@@ -364,7 +366,7 @@ AZURE = Vendor(
     auth_headers=_azure_auth,
     capabilities=OPENAI.capabilities,
     streams=gpt4o_transcribe,  # deployments are usually named after their model
-    model_capabilities=OPENAI.model_capabilities,
+    model_capabilities=lambda model: AZURE_GPT4O_TRANSCRIBE if gpt4o_transcribe(model) else None,
 )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from bifrost_stt.kernel.errors import Overloaded
 from bifrost_stt.gateway.jobs.runner import JobRunner
+from bifrost_stt.gateway.longaudio import LongAudio
 from bifrost_stt.gateway.routing.router import ProviderSlot, Router
 from bifrost_stt.kernel.settings import GatewayConfig
 from bifrost_stt.providers import registry
@@ -55,8 +56,9 @@ class Gateway:
             client = make_client(cfg)
             self._clients.append(client)
             impl = registry.build(cfg, client)
-            slots[provider_id] = ProviderSlot(cfg, impl, drop_excess=self.config.client.drop_excess_requests)
-        self._router = Router(slots)
+            slots[provider_id] = ProviderSlot(cfg, impl, drop_excess=self.config.client.drop_excess_requests,
+                                              limits=self.config.long_audio)
+        self._router = Router(slots, long_audio=LongAudio(self.config.long_audio, spool_dir=self.config.client.spool_dir))
         log.info("providers ready: %s", ", ".join(sorted(slots)) or "none (configure one: see README)")
         await self.jobs.start()
 

@@ -103,7 +103,7 @@ class ProviderConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
-    max_request_body_size_mb: int = 100
+    max_request_body_size_mb: int = 1024  # long recordings are split by the gateway: an hour of WAV is ~115 MB
     drop_excess_requests: bool = False
     async_job_result_ttl: int = 3600
     job_store_path: str | None = None  # SQLite file shared by the workers; None: a per-user temp dir
@@ -111,6 +111,33 @@ class ClientConfig:
     allowed_origins: tuple[str, ...] = ()
     reject_non_audio: bool = True  # refuse uploads that are clearly not audio before any upstream call
     spool_threshold_kb: int = 1024  # uploads larger than this are spooled to disk
+    spool_dir: str | None = None  # where uploads and long-audio pieces are spooled; None: the temp directory
+
+
+@dataclass(frozen=True, slots=True)
+class AudioLimit:
+    """An operator's override of what one provider (or one provider/model) accepts."""
+
+    max_file_mb: int | None = None
+    max_duration_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LongAudioConfig:
+    """``long_audio`` (ours): audio over a target's limits is split, sent in pieces and stitched."""
+
+    enabled: bool = True  # False: a file over the limit is refused (413) as upstream does
+    max_parallel_chunks: int = 4  # pieces of one request in flight at once
+    piece_format: str = "flac"  # "flac" (lossless) or "opus" (Ogg Opus, ~24 kbit/s: 8x smaller)
+    overlap_seconds: float = 1.0  # only where no quiet stretch exists near a cut
+    search_window_seconds: float = 20.0  # how far before a piece's end to look for the quietest stretch
+    min_piece_seconds: float = 60.0  # pieces are not made shorter than this to gain parallelism
+    carry_prompt: bool = False  # piece n+1's prompt ends with piece n's text (pieces then go one at a time)
+    # "provider" or "provider/model" -> limits replacing the declared capabilities
+    limits: Mapping[str, AudioLimit] = field(default_factory=lambda: MappingProxyType({}))
+
+    def limit_for(self, provider: str, model: str) -> AudioLimit | None:
+        return self.limits.get(f"{provider}/{model}") or self.limits.get(provider)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +154,7 @@ class GatewayConfig:
     providers: Mapping[str, ProviderConfig] = field(default_factory=lambda: MappingProxyType({}))
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    long_audio: LongAudioConfig = field(default_factory=LongAudioConfig)
     ignored_sections: tuple[str, ...] = ()  # upstream sections accepted but not used here
     # upstream settings that would change behaviour but have no effect here (insecure_skip_verify, proxy_config ...)
     unsupported_fields: tuple[str, ...] = ()

@@ -303,6 +303,7 @@ def create_app(
         max_body_bytes=config.client.max_request_body_size_mb * 1024 * 1024,
         spool_threshold_bytes=config.client.spool_threshold_kb * 1024,
         reject_non_audio=config.client.reject_non_audio,
+        spool_dir=config.client.spool_dir,
     )
     swagger = SwaggerUIOptions(serve_spec=False, swagger_ui=True, swagger_ui_path=DOCS_PATH, spec_path="/openapi.json")
     app = AsyncApp(__name__, lifespan=lifespan, middlewares=middleware_stack(orjson.dumps(contract), config.client.allowed_origins),

@@ -37,7 +37,9 @@ from bifrost_stt.gateway.config.schema import (
 )
 from bifrost_stt.kernel.settings import (
     AzureKeyConfig,
+    AudioLimit,
     ClientConfig,
+    LongAudioConfig,
     ConcurrencyConfig,
     GatewayConfig,
     KeyConfig,
@@ -153,9 +155,15 @@ def from_document(document: Any, env: Mapping[str, str], known_kinds: frozenset[
         providers=MappingProxyType(providers),
         client=ClientConfig(**client),
         server=ServerConfig(**top.get("server", {})),
+        long_audio=_long_audio(top.get("long_audio", {})),
         ignored_sections=tuple(dict.fromkeys(ctx.ignored)),
         unsupported_fields=tuple(dict.fromkeys(ctx.unsupported)),
     )
+
+
+def _long_audio(section: dict[str, Any]) -> LongAudioConfig:
+    limits = {name: AudioLimit(**value) for name, value in section.pop("limits", {}).items()}
+    return LongAudioConfig(**section, limits=MappingProxyType(limits))
 
 
 def _provider(

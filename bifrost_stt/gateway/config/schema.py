@@ -350,6 +350,7 @@ CLIENT: Mapping[str, Field] = {
     "spool_threshold_kb": Field(integer(minimum=0)),  # our own addition
     "job_store_path": Field(string(non_empty=True)),  # our own addition: the async jobs' SQLite file
     "max_pending_jobs": Field(integer(minimum=1)),  # our own addition
+    "spool_dir": Field(string(non_empty=True)),  # our own addition: where uploads and long-audio pieces spool
     # would change who may call the gateway: reported when true, since nothing here enforces it
     "enforce_auth_on_inference": Field(boolean, use="unsupported"),
     "enforce_governance_header": Field(boolean, use="unsupported"),
@@ -368,6 +369,23 @@ CLIENT: Mapping[str, Field] = {
             "mcp_external_client_url", "mcp_server_auth_mode", "oauth2_server_config",
         )
     },
+}
+
+AUDIO_LIMIT: Mapping[str, Field] = {
+    "max_file_mb": Field(integer(minimum=1)),
+    "max_duration_seconds": Field(positive_number),
+}
+
+# Ours: splitting audio over a target's limits (bifrost_stt.gateway.longaudio; docs/long-audio.md).
+LONG_AUDIO: Mapping[str, Field] = {
+    "enabled": Field(boolean),
+    "max_parallel_chunks": Field(integer(minimum=1, maximum=64)),
+    "piece_format": Field(string(choices=("flac", "opus"))),
+    "overlap_seconds": Field(positive_number),
+    "search_window_seconds": Field(positive_number),
+    "min_piece_seconds": Field(positive_number),
+    "carry_prompt": Field(boolean),
+    "limits": Field(map_of(section(AUDIO_LIMIT))),  # "provider" or "provider/model" -> limits
 }
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -393,6 +411,7 @@ TOP: Mapping[str, Field] = {
     "providers": Field(as_object),
     "client": Field(section(CLIENT)),
     "server": Field(section(SERVER)),
+    "long_audio": Field(section(LONG_AUDIO)),
     # 1 = upstream v1.4 semantics (an empty key `models` list allows every model); 2 (default) = denies all
     "version": Field(integer(minimum=1, maximum=2)),
     "$schema": Field(use="silent"),

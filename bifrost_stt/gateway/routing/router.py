@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from bifrost_stt.gateway.longaudio import LongAudio, Split, Target
 from bifrost_stt.gateway.render import formats
 from bifrost_stt.kernel.canonical import StreamEvent, TranscriptionRequest, TranscriptionResult
 from bifrost_stt.kernel.errors import (
@@ -42,7 +43,7 @@ from bifrost_stt.kernel.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig, Secret
+from bifrost_stt.kernel.settings import KeyConfig, LongAudioConfig, ProviderConfig, Secret
 from bifrost_stt.kernel.capabilities import Attempt, Capabilities, ModelAware, StreamingTranscriber, Transcriber
 
 log = logging.getLogger("bifrost_stt.router")
@@ -64,6 +65,7 @@ class Served:
     deployment: str  # the upstream id actually called (after aliases)
     fallback_index: int
     started: float  # perf_counter when the winning upstream call started (after admission)
+    pieces: int = 1  # long audio: how many pieces served the request (bifrost_stt.gateway.longaudio)
 
 
 # ------------------------------------------------------------------------------------------ admission
@@ -99,9 +101,12 @@ class Lease:
 class ProviderSlot:
     """One configured provider: its implementation, its config and its admission queue."""
 
-    def __init__(self, config: ProviderConfig, impl: Transcriber, *, drop_excess: bool) -> None:
+    def __init__(
+        self, config: ProviderConfig, impl: Transcriber, *, drop_excess: bool, limits: LongAudioConfig | None = None
+    ) -> None:
         self.config = config
         self.impl = impl
+        self._limits = limits  # an operator's long_audio.limits override the declared size/duration limits
         self._slots = asyncio.Semaphore(max(1, config.concurrency.concurrency))
         self._waiting = 0
         self._drop_excess = drop_excess
@@ -112,7 +117,12 @@ class ProviderSlot:
 
     def capabilities_for(self, model: str) -> Capabilities:
         impl = self.impl
-        return impl.capabilities_for(model) if isinstance(impl, ModelAware) else impl.capabilities
+        caps = impl.capabilities_for(model) if isinstance(impl, ModelAware) else impl.capabilities
+        override = self._limits.limit_for(self.config.id, model) if self._limits is not None else None
+        if override is not None:
+            caps = replace(caps, max_file_mb=override.max_file_mb or caps.max_file_mb,
+                           max_duration_s=override.max_duration_seconds or caps.max_duration_s)
+        return caps
 
     @property
     def waiting(self) -> int:
@@ -300,8 +310,10 @@ class Router:
         *,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        long_audio: LongAudio | None = None,
     ) -> None:
         self.slots = dict(slots)
+        self.long_audio = long_audio
         self._rng = rng or random.Random()
         self._sleep = sleep
 
@@ -312,6 +324,29 @@ class Router:
     # -- public API -------------------------------------------------------------------------------
 
     async def transcribe(self, request: TranscriptionRequest) -> tuple[TranscriptionResult, Served]:
+        begun = time.perf_counter()
+        split = await self._split(request)
+        if split is not None:  # audio the target cannot take whole: pieces through _whole, stitched
+            async with split:
+                result, served = await split.transcribe(self._whole)
+            return result, replace(max(served, key=lambda s: s.fallback_index), pieces=len(served), started=begun)
+        return await self._whole(request)
+
+    async def _split(self, request: TranscriptionRequest) -> Split | None:
+        if self.long_audio is None:
+            return None
+        targets = []
+        for provider, model in self._targets(request):
+            slot = self.slots.get(provider)
+            if slot is not None:
+                caps = slot.capabilities_for(model)
+                limit = caps.max_file_mb * 1024 * 1024 if caps.max_file_mb is not None else None
+                targets.append(Target(provider, model, limit, caps.max_duration_s))
+            elif not targets:
+                return None  # the primary is not configured: _route says so
+        return await self.long_audio.prepare(request, targets)
+
+    async def _whole(self, request: TranscriptionRequest) -> tuple[TranscriptionResult, Served]:
         async def call(slot: ProviderSlot, req: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult:
             return await slot.impl.transcribe(req, attempt)
 
@@ -342,6 +377,11 @@ class Router:
             result = await impl.transcribe(plan_format(caps, wire, slot.config.id), attempt)
             return HeldStream(_aiter(formats.synthesize_stream(result)))
 
+        begun = time.perf_counter()
+        split = await self._split(request)
+        if split is not None:  # pieces transcribed whole, their texts streamed in audio order
+            pieces, first = await split.stream(self._whole)
+            return pieces, replace(first, pieces=len(split.pieces), started=begun)
         events, served, lease = await self._route(request, call, stream=True)
         slot = self.slots[served.provider]
         direct = request.direct_key if served.provider == request.provider else None
