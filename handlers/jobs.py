@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from bifrost_stt.kernel.canonical import TranscriptionRequest
 from bifrost_stt.kernel.errors import ClientError, NotFound
-from bifrost_stt.gateway.jobs.runner import COMPLETED, FAILED, MAX_RESULT_TTL
+from bifrost_stt.gateway.jobs.record import COMPLETED, FAILED
 from bifrost_stt.gateway.compose import Gateway
 from bifrost_stt.handlers import outbound
 from bifrost_stt.handlers.inbound import UNIFIED, build_request, current_form
@@ -27,15 +27,12 @@ TTL_HEADER = "x-bf-async-job-result-ttl"
 JOBS_PATH = "/v1/async/audio/transcriptions"
 
 
-def result_ttl(headers: Mapping[str, str], default: int) -> int:
-    """Seconds to keep the result. As upstream: absent, unreadable, zero or negative means the default.
-    Longer than ``MAX_RESULT_TTL`` is clamped; the job's ``expires_at`` shows what was granted."""
-    raw = headers.get(TTL_HEADER, "").strip()
+def requested_ttl(headers: Mapping[str, str]) -> int | None:
+    """The client's ``x-bf-async-job-result-ttl``; as upstream, an unreadable value means "the default"."""
     try:
-        ttl = int(raw)
+        return int(headers.get(TTL_HEADER, "").strip())
     except ValueError:
-        return default
-    return min(ttl, MAX_RESULT_TTL) if ttl > 0 else default
+        return None
 
 
 class JobHandlers:
@@ -56,7 +53,7 @@ class JobHandlers:
             runner = self.gateway.jobs
             job = await runner.submit(
                 self._work(request, original),
-                ttl=result_ttl(headers, runner.default_ttl()),
+                ttl=requested_ttl(headers),
                 release=audio.close,
             )
         finally:
@@ -71,7 +68,6 @@ class JobHandlers:
             response = outbound.result_response(
                 result,
                 served,
-                kind=gateway.kind_of(served.provider),
                 response_format=request.response_format,
                 granularities=request.timestamp_granularities,
                 original_model=original,

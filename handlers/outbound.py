@@ -32,10 +32,10 @@ def error_response(err: GatewayError) -> Response:
     return json_response(envelope(err), err.status, err.headers_for_client())
 
 
-def extra_fields(served: Served, kind: str, *, latency_ms: int, chunk_index: int = 0) -> dict[str, Any]:
+def extra_fields(served: Served, *, latency_ms: int, chunk_index: int = 0) -> dict[str, Any]:
     extra: dict[str, Any] = {
         "request_type": "transcription",
-        "provider": kind,
+        "provider": served.reported,
         "model_requested": served.model,
         "model_deployment": served.deployment,
         "latency": latency_ms,
@@ -61,7 +61,6 @@ def result_response(
     result: TranscriptionResult,
     served: Served,
     *,
-    kind: str,
     response_format: str,
     granularities: tuple[str, ...],
     original_model: str,
@@ -74,7 +73,7 @@ def result_response(
         if text_as_plain and response_format in TEXT_FORMATS:
             return Response(rendered.encode("utf-8"), media_type=PLAIN, headers=headers)
         rendered = {"text": rendered}
-    rendered["extra_fields"] = extra_fields(served, kind, latency_ms=latency_ms)
+    rendered["extra_fields"] = extra_fields(served, latency_ms=latency_ms)
     return json_response(rendered, headers=headers)
 
 
@@ -105,21 +104,19 @@ def event_payload(event: StreamEvent, extra: dict[str, Any]) -> dict[str, Any]:
 async def sse_events(
     events: AsyncIterator[StreamEvent],
     served: Served,
-    *,
-    kind: str,
-    idle_timeout: float,
 ) -> AsyncIterator[bytes]:
     """The SSE body: deltas, the done event, then [DONE]; a failure mid-stream is one error event.
 
     Each event is yielded as soon as the upstream gives it (nothing is gathered). ``chunk_index``
     counts events from 0; a delta's ``latency`` is the time since the previous event (for the first,
     since the upstream call started) and the done event's is the total. A gap longer than
-    ``idle_timeout`` ends the stream with a 504 error event. The error event is the last thing sent
+    ``served.stream_idle_timeout`` ends the stream with a 504 error event. The error event is the last thing sent
     (no [DONE] after it): the stream is incomplete and the marker would say otherwise; the SDKs raise
     on it. The upstream iterator is closed on every exit, cancellation included, so its connection is
     released at once.
     """
     previous = served.started
+    idle_timeout = served.stream_idle_timeout
     index = 0
     try:
         while True:
@@ -136,14 +133,13 @@ async def sse_events(
                 ) from None
             now = time.perf_counter()
             since = previous if isinstance(event, StreamDelta) else served.started
-            extra = extra_fields(served, kind, latency_ms=int((now - since) * 1000), chunk_index=index)
+            extra = extra_fields(served, latency_ms=int((now - since) * 1000), chunk_index=index)
             previous = now
             index += 1
             yield _event(event_payload(event, extra))
     except GatewayError as err:
-        # The provider *kind*, as in every other event of this stream: the contract's provider field is
-        # an enum of kinds, and a custom provider's own name (its config id) is not one of them.
-        err.provider = kind
+        # Named as in every other event of this stream.
+        err.provider = served.reported
         err.model = err.model or served.model
         yield _event(envelope(err))
         return
@@ -190,12 +186,12 @@ class SSEResponse(StreamingResponse):
 
 
 def stream_response(
-    events: AsyncIterator[StreamEvent], served: Served, *, kind: str, idle_timeout: float, original_model: str
+    events: AsyncIterator[StreamEvent], served: Served, *, original_model: str
 ) -> Response:
     """``text/event-stream`` for an upstream stream that is already open (its first event received)."""
     headers = route_headers(served, original_model)
     headers["cache-control"] = "no-cache"
     headers["x-accel-buffering"] = "no"  # nginx and friends: do not buffer this response
     return SSEResponse(
-        sse_events(events, served, kind=kind, idle_timeout=idle_timeout), media_type=SSE, headers=headers
+        sse_events(events, served), media_type=SSE, headers=headers
     )

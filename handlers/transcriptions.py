@@ -55,22 +55,13 @@ class TranscriptionHandlers:
         try:
             request, original = build_request(self.gateway, form, headers, route, deployment=deployment)
             router = self.gateway.router
-            kind = self.gateway.kind_of
             if request.stream:
                 events, served = await cancel_on_disconnect(router.stream(request))
-                slot = router.slots[served.provider]
-                return outbound.stream_response(
-                    events,
-                    served,
-                    kind=kind(served.provider),
-                    idle_timeout=slot.config.network.stream_idle_timeout_in_seconds,
-                    original_model=original,
-                )
+                return outbound.stream_response(events, served, original_model=original)
             result, served = await cancel_on_disconnect(router.transcribe(request))
             return outbound.result_response(
                 result,
                 served,
-                kind=kind(served.provider),
                 response_format=request.response_format,
                 granularities=request.timestamp_granularities,
                 original_model=original,

@@ -37,10 +37,10 @@ import httpx
 
 from bifrost_stt.kernel import sniff
 from bifrost_stt.kernel.canonical import Segment, TranscriptionRequest, TranscriptionResult, Usage, Word
-from bifrost_stt.kernel.errors import ClientError, UpstreamError, UpstreamUnavailable
+from bifrost_stt.kernel.errors import ClientError, UpstreamError, UpstreamUnavailable, scrub
 from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig
 from bifrost_stt.kernel.capabilities import Attempt, Capabilities
-from bifrost_stt.providers.http import parse_json, redact, sized_chunks, upload_filename
+from bifrost_stt.providers.http import parse_json, sized_chunks, upload_filename
 from bifrost_stt.providers.wire import fetch, key_secrets
 
 DEFAULT_BASE_URL = "https://api.deepgram.com"
@@ -217,7 +217,7 @@ def to_upstream_error(
     text = str(message)
     if data.get("details") and str(data["details"]) not in text:
         text += f": {data['details']}"
-    text = redact(text, secrets)
+    text = scrub(text, secrets)
     if key is not None and status in (401, 403):
         text += f" (key {key.name!r})"
     code = data.get("err_code") or data.get("category")

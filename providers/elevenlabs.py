@@ -7,7 +7,7 @@
 Decisions, and why:
 - Formats. One JSON answer with word timings, no segments: ``json``, ``text`` and ``verbose_json`` are mapped
   from it (``native_formats``); srt/vtt and verbose_json's segments are built by ``bifrost_stt.gateway.render.formats`` from the
-  words (``router.plan_format`` asks for verbose_json with word timings). No native streaming: the gateway
+  words (``render.plan.ask_provider`` asks for verbose_json with word timings). No native streaming: the gateway
   synthesizes streams from the result.
 - Words. ``words[]`` mixes ``word``, ``spacing`` and ``audio_event`` items; only ``word`` items become canonical
   words (speaker from ``speaker_id``). ``text`` is kept as ElevenLabs wrote it (audio events such as

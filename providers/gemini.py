@@ -42,10 +42,10 @@ from bifrost_stt.kernel.canonical import (
     TranscriptionResult,
     Usage,
 )
-from bifrost_stt.kernel.errors import ClientError, PayloadTooLarge, UpstreamError, UpstreamUnavailable
+from bifrost_stt.kernel.errors import ClientError, PayloadTooLarge, UpstreamError, UpstreamUnavailable, scrub
 from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig
 from bifrost_stt.kernel.capabilities import Attempt, Capabilities
-from bifrost_stt.providers.http import base64_chunks, base64_length, parse_json, redact, upload_filename
+from bifrost_stt.providers.http import base64_chunks, base64_length, parse_json, upload_filename
 from bifrost_stt.providers.wire import VendorError, event_json, fetch, key_secrets, open_events
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -298,7 +298,7 @@ def to_upstream_error(
     details = error.get("details")
     reason = next((str(d["reason"]) for d in details or () if isinstance(d, Mapping) and d.get("reason")), None)
     word = str(error.get("status") or "UNKNOWN")
-    message = redact(str(error["message"]), secrets)
+    message = scrub(str(error["message"]), secrets)
     if key is not None and (status in (401, 403) or (reason or "").startswith("API_KEY")):
         message += f" (key {key.name!r})"
     retry_after = _retry_after(details)

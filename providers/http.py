@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
-import re
 import secrets as _secrets
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,11 +37,10 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from bifrost_stt.kernel.canonical import CHUNK_SIZE, AudioSource
-from bifrost_stt.kernel.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from bifrost_stt.kernel.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, scrub
 from bifrost_stt.kernel.settings import ProviderConfig
 
 KEEPALIVE_SECONDS = 30.0
-_MASK = "**********"
 
 # --------------------------------------------------------------------------------------------- client
 
@@ -254,14 +252,6 @@ def upload_filename(audio: AudioSource) -> tuple[str, str]:
 # -------------------------------------------------------------------------------------- error mapping
 
 
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every occurrence of a secret (and of the word after ``Bearer``) masked."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, _MASK)
-    return re.sub(r"(?i)(bearer\s+)\S+", r"\1" + _MASK, text)
-
-
 def _looks_like_html(body: bytes, content_type: str) -> bool:
     return "html" in content_type or body.lstrip()[:1] == b"<"
 
@@ -310,7 +300,7 @@ async def raise_for_upstream(
     code = error.get("code")
     param = error.get("param")
     raise UpstreamError(
-        redact(str(message) if message else f"{provider} answered HTTP {response.status_code}", keys),
+        scrub(str(message) if message else f"{provider} answered HTTP {response.status_code}", keys),
         status=response.status_code,
         error_type=str(error.get("type") or "api_error"),
         code=None if code is None else str(code),
@@ -394,7 +384,7 @@ def map_transport_errors(
                 "if its transcriptions legitimately take longer",
                 provider=provider,
             ) from exc
-        reason = redact(str(exc) or type(exc).__name__, keys)[:200]
+        reason = scrub(str(exc) or type(exc).__name__, keys)[:200]
         # A body cut short (reset or closed before Content-Length was met) is not "unreachable".
         broke_off = isinstance(exc.__cause__, aiohttp.ClientPayloadError) or isinstance(exc, httpx.RemoteProtocolError)
         what = f"{provider} broke off its answer" if broke_off else f"could not reach {provider}"

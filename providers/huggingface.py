@@ -26,10 +26,10 @@ import httpx
 import orjson
 
 from bifrost_stt.kernel.canonical import AudioSource, Segment, TranscriptionRequest, TranscriptionResult, Word
-from bifrost_stt.kernel.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
+from bifrost_stt.kernel.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable, scrub
 from bifrost_stt.kernel.settings import ProviderConfig
 from bifrost_stt.kernel.capabilities import Attempt, Capabilities
-from bifrost_stt.providers.http import base64_chunks, base64_length, parse_json, redact, sized_chunks, upload_filename
+from bifrost_stt.providers.http import base64_chunks, base64_length, parse_json, sized_chunks, upload_filename
 from bifrost_stt.providers.wire import fetch, key_secrets
 from bifrost_stt.providers.openai_compat import bearer
 
@@ -184,7 +184,7 @@ def to_error(
     if "retry-after" not in retry and isinstance(data.get("estimated_time"), (int, float)):
         retry["retry-after"] = str(max(1, round(data["estimated_time"])))
     return UpstreamError(
-        redact(message, secrets),
+        scrub(message, secrets),
         status=status,
         error_type=_ERROR_TYPES.get(status, "api_error"),
         code=None if data.get("error_type") is None else str(data["error_type"]),

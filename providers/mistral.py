@@ -8,7 +8,7 @@
 Decisions, and why:
 - Formats. Mistral has one JSON answer and no ``response_format`` field. ``json``, ``text`` and
   ``verbose_json`` are mapped from it (``native_formats``); srt/vtt come from ``bifrost_stt.gateway.render.formats`` after
-  ``router.plan_format`` asks for verbose_json with segment timings.
+  ``render.plan.ask_provider`` asks for verbose_json with segment timings.
 - Timings. ``timestamp_granularities`` is sent only for verbose_json (``segment`` by default). Mistral documents
   ``word`` but answers with one ``segments`` list; when ``word`` is asked we send ``word`` alone and read the
   chunks as words if every chunk is a single token (else as segments, so nothing is lost either way).

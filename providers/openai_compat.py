@@ -36,7 +36,8 @@ from bifrost_stt.kernel.canonical import (
 )
 from bifrost_stt.kernel.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
 from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig
-from bifrost_stt.kernel.capabilities import Attempt, Capabilities
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities, ConfigSpec, KeySection
+from bifrost_stt.kernel.fields import Field, string, strings
 from bifrost_stt.providers.http import multipart_body, parse_json, upload_filename
 from bifrost_stt.providers.wire import event_json, fetch, open_events
 
@@ -343,9 +344,9 @@ def _azure_url(base: str | None, attempt: Attempt) -> str:
     The key's own endpoint wins (keys may live in different Azure resources); ``network_config.base_url``
     is the fallback for keys without one. ``attempt.model`` is the deployment (aliases applied).
     """
-    azure = attempt.key.azure if attempt.key is not None else None
-    endpoint = azure.endpoint if azure is not None and azure.endpoint else base
-    version = azure.api_version if azure is not None and azure.api_version else AZURE_DEFAULT_API_VERSION
+    azure = attempt.key.section(AZURE_KEY_SECTION) if attempt.key is not None else {}
+    endpoint = azure.get("endpoint") or base
+    version = azure.get("api_version") or AZURE_DEFAULT_API_VERSION
     deployment = attempt.model
     if not _AZURE_DEPLOYMENT.fullmatch(deployment) or deployment.strip(".") == "":
         raise ClientError(
@@ -359,6 +360,31 @@ def _azure_url(base: str | None, attempt: Attempt) -> str:
 def _azure_auth(key: KeyConfig | None) -> dict[str, str]:
     return {"api-key": key.value.reveal()} if key is not None and key.value else {}
 
+
+AZURE_KEY_SECTION = "azure_key_config"
+AZURE_CONFIG = ConfigSpec(
+    key_sections={
+        AZURE_KEY_SECTION: KeySection(
+            {
+                "endpoint": Field(string(env=True, non_empty=True), required=True),
+                "api_version": Field(string(non_empty=True)),  # default AZURE_DEFAULT_API_VERSION
+                # Entra ID (client credentials): accepted, not implemented; the key's value is sent instead.
+                "client_id": Field(string(), use="unsupported"),
+                "client_secret": Field(string(), use="unsupported"),
+                "tenant_id": Field(string(), use="unsupported"),
+                "scopes": Field(strings, use="unsupported"),
+            },
+            required=True,
+            why="its endpoint",
+        )
+    },
+    env_key="AZURE_OPENAI_API_KEY",
+    env_sections={
+        "AZURE_OPENAI_ENDPOINT": (AZURE_KEY_SECTION, "endpoint"),
+        "AZURE_OPENAI_API_VERSION": (AZURE_KEY_SECTION, "api_version"),
+    },
+    env_required={"AZURE_OPENAI_ENDPOINT": "https://NAME.openai.azure.com"},
+)
 
 AZURE = Vendor(
     default_base_url=None,

@@ -23,7 +23,8 @@ import httpx
 from bifrost_stt.kernel.canonical import TranscriptionRequest, TranscriptionResult
 from bifrost_stt.kernel.errors import GatewayError
 from bifrost_stt.kernel.settings import ProviderConfig
-from bifrost_stt.kernel.capabilities import Attempt, Capabilities
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities, ConfigSpec, KeySection
+from bifrost_stt.kernel.fields import Field, string
 from bifrost_stt.providers.openai_compat import ALL_FORMATS, OpenAICompatible, Vendor, bearer, join_url
 
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
@@ -35,7 +36,7 @@ FIREWORKS_DEFAULT_HOST = "https://audio-prod.api.fireworks.ai"  # whisper-v3 and
 
 def vllm_url(base: str | None, attempt: Attempt) -> str:
     """The key's own server (vllm_key_config.url) wins over ``network_config.base_url``."""
-    url = attempt.key.url if attempt.key is not None and attempt.key.url else base
+    url = (attempt.key.section(VLLM_KEY_SECTION).get("url") if attempt.key is not None else None) or base
     if not url:
         raise GatewayError(
             "vllm: no server URL configured (network_config.base_url or a key's vllm_key_config.url)",
@@ -49,6 +50,17 @@ def fireworks_url(base: str | None, attempt: Attempt) -> str:
     host = base or FIREWORKS_HOSTS.get(attempt.model, FIREWORKS_DEFAULT_HOST)
     return join_url(host, TRANSCRIPTIONS_PATH, "fireworks")
 
+
+VLLM_KEY_SECTION = "vllm_key_config"
+VLLM_CONFIG = ConfigSpec(
+    key_sections={
+        VLLM_KEY_SECTION: KeySection({
+            "url": Field(string(env=True, non_empty=True)),
+            "model_name": Field(string(non_empty=True)),
+        })
+    },
+    key_less=True,  # VLLM_BASE_URL alone configures a server without a key
+)
 
 VLLM = Vendor(
     default_base_url=None,
@@ -100,8 +112,8 @@ class PerKeyServer:
 
 def per_key(attempt: Attempt) -> Attempt:
     """``attempt`` with the key's ``model_name`` as the upstream model, when the key sets one."""
-    key = attempt.key
-    return replace(attempt, model=key.model_name) if key is not None and key.model_name else attempt
+    model_name = attempt.key.section(VLLM_KEY_SECTION).get("model_name") if attempt.key is not None else None
+    return replace(attempt, model=model_name) if model_name else attempt
 
 
 def create_vllm(config: ProviderConfig, client: httpx.AsyncClient) -> PerKeyServer:

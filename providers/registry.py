@@ -18,8 +18,8 @@ from types import MappingProxyType
 
 import httpx
 
+from bifrost_stt.kernel.capabilities import Capabilities, ConfigSpec, Transcriber
 from bifrost_stt.kernel.settings import ProviderConfig
-from bifrost_stt.kernel.capabilities import Capabilities, Transcriber
 
 Factory = Callable[[ProviderConfig, httpx.AsyncClient], object]
 
@@ -68,25 +68,62 @@ def build(config: ProviderConfig, client: httpx.AsyncClient) -> Transcriber:
     return provider
 
 
-def capabilities_name(kind: str) -> str:
-    """The module constant that declares ``kind``'s capabilities: ``opencode-go`` -> ``OPENCODE_GO``."""
+def constant_name(kind: str) -> str:
+    """``opencode-go`` -> ``OPENCODE_GO``: the prefix of a kind's module constants and environment variables."""
     return kind.upper().replace("-", "_")
+
+
+def _declared(kind: str, suffix: str) -> object | None:
+    """The module constant ``<KIND><suffix>`` of ``kind``'s module, or ``<suffix>`` when the module implements
+    only that kind (``GROQ`` / ``CAPABILITIES``; ``AZURE_CONFIG`` / ``CONFIG``)."""
+    load(kind)  # the same LookupError for an unknown kind
+    module_name = PROVIDERS[kind].partition(":")[0]
+    module = importlib.import_module(module_name)
+    value = getattr(module, constant_name(kind) + suffix, None)
+    sole = [k for k, target in PROVIDERS.items() if target.partition(":")[0] == module_name] == [kind]
+    if value is None and sole:
+        value = getattr(module, suffix.lstrip("_") or "CAPABILITIES", None)
+    return value
 
 
 def capabilities(kind: str) -> Capabilities:
     """What ``kind`` can do, read from its module without a client (see the module docstring)."""
-    load(kind)  # the same LookupError for an unknown kind
-    module_name = PROVIDERS[kind].partition(":")[0]
-    module = importlib.import_module(module_name)
-    name = capabilities_name(kind)
-    value = getattr(module, name, None)
-    sole = [k for k, target in PROVIDERS.items() if target.partition(":")[0] == module_name] == [kind]
-    if value is None and sole:
-        value = getattr(module, "CAPABILITIES", None)
+    value = _declared(kind, "")
     caps = value if isinstance(value, Capabilities) else getattr(value, "capabilities", None)
     if not isinstance(caps, Capabilities):
+        module_name = PROVIDERS[kind].partition(":")[0]
         raise LookupError(
-            f"{module_name} declares no capabilities for {kind!r}: add a module constant {name} = Capabilities(...)"
-            " (or a Vendor carrying them) and use it as the provider's .capabilities"
+            f"{module_name} declares no capabilities for {kind!r}: add a module constant "
+            f"{constant_name(kind)} = Capabilities(...) (or a Vendor carrying them) and use it as the provider's "
+            ".capabilities"
         )
     return caps
+
+
+def config_spec(kind: str) -> ConfigSpec:
+    """How ``kind`` is configured (``<KIND>_CONFIG`` in its module); the plain spec when it declares none or
+    is not a kind of this registry."""
+    if kind not in PROVIDERS:
+        return ConfigSpec()
+    value = _declared(kind, "_CONFIG")
+    return value if isinstance(value, ConfigSpec) else ConfigSpec()
+
+
+def key_section_owners() -> Mapping[str, str]:
+    """Every vendor key section any kind declares -> that kind (to say whose section a misplaced one is)."""
+    return {name: kind for kind in sorted(PROVIDERS) for name in config_spec(kind).key_sections}
+
+
+def env_vars(kind: str) -> tuple[str, str]:
+    """The variables that configure ``kind`` without a file: (key variable, base URL variable)."""
+    spec, prefix = config_spec(kind), constant_name(kind)
+    return spec.env_key or f"{prefix}_API_KEY", spec.env_base_url or f"{prefix}_BASE_URL"
+
+
+def env_hint(kind: str) -> str:
+    """The environment variables that configure ``kind`` without a file, for messages."""
+    spec = config_spec(kind)
+    key_var, url_var = env_vars(kind)
+    if spec.key_less:
+        return url_var
+    return " and ".join([key_var, *spec.env_required])

@@ -16,7 +16,6 @@ import uvicorn
 
 from bifrost_stt.server.app import create_app
 from bifrost_stt.kernel.settings import (
-    AzureKeyConfig,
     ClientConfig,
     GatewayConfig,
     KeyConfig,
@@ -68,8 +67,8 @@ def provider(
 ) -> ProviderConfig:
     """A provider config pointing at a fake upstream."""
     if keys is None:
-        azure = AzureKeyConfig(endpoint=base_url) if (kind or provider_id) == "azure" else None
-        keys = (KeyConfig(name=f"{provider_id}-key", value=Secret(key), azure=azure),)
+        sections = {"azure_key_config": {"endpoint": base_url}} if (kind or provider_id) == "azure" else {}
+        keys = (KeyConfig(name=f"{provider_id}-key", value=Secret(key), sections=sections),)
     net = NetworkConfig(base_url=base_url, **network)
     return ProviderConfig(id=provider_id, kind=kind or provider_id, keys=keys, network=net)
 

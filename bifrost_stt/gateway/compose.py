@@ -12,7 +12,8 @@ from typing import Any
 from bifrost_stt.kernel.errors import Overloaded
 from bifrost_stt.gateway.jobs.runner import JobRunner
 from bifrost_stt.gateway.longaudio import LongAudio
-from bifrost_stt.gateway.routing.router import ProviderSlot, Router
+from bifrost_stt.gateway.routing.admission import ProviderSlot
+from bifrost_stt.gateway.routing.router import Router
 from bifrost_stt.kernel.settings import GatewayConfig
 from bifrost_stt.providers import registry
 from bifrost_stt.providers.http import make_client
@@ -39,10 +40,6 @@ class Gateway:
     @property
     def configured(self) -> frozenset[str]:
         return self._configured
-
-    def kind_of(self, provider: str) -> str:
-        cfg = self.config.providers.get(provider)
-        return cfg.kind if cfg else provider
 
     @property
     def router(self) -> Router:

@@ -10,11 +10,13 @@ wire call, maps its errors into ``bifrost_stt.kernel.errors.UpstreamError`` and 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
 from bifrost_stt.kernel.canonical import StreamEvent, TranscriptionRequest, TranscriptionResult
+from bifrost_stt.kernel.fields import Field
 from bifrost_stt.kernel.settings import KeyConfig
 
 
@@ -29,6 +31,42 @@ class Capabilities:
     # the longest audio the model takes (gpt-4o-transcribe ~1,400 s, vLLM's Whisper 30 s); None: no cap known.
     # Longer audio is split into pieces by bifrost_stt.gateway.longaudio (its config may override both limits).
     max_duration_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeySection:
+    """A vendor section inside a key (``azure_key_config``): its fields, and whether every key needs one."""
+
+    fields: Mapping[str, Field]
+    required: bool = False
+    why: str = ""  # said when a required section is missing ("its endpoint")
+
+
+def _no_sections() -> Mapping[str, KeySection]:
+    return MappingProxyType({})
+
+
+def _no_vars() -> Mapping[str, tuple[str, str]]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSpec:
+    """What a provider kind declares about its configuration, next to its capabilities.
+
+    The shared configuration holds no vendor branches: it asks the registry for this. A key's vendor
+    sections arrive checked in ``KeyConfig.sections`` (section name -> field values), which only the
+    owning provider reads. Without a config file, ``env_key`` (default ``<KIND>_API_KEY``) configures the
+    kind, ``env_base_url`` (default ``<KIND>_BASE_URL``) its base URL, and ``env_sections`` fill key
+    section fields from variables (``AZURE_OPENAI_ENDPOINT`` -> ``azure_key_config.endpoint``).
+    """
+
+    key_sections: Mapping[str, KeySection] = field(default_factory=_no_sections)
+    key_less: bool = False  # a base URL alone configures it (self-hosted servers)
+    env_key: str | None = None
+    env_base_url: str | None = None
+    env_sections: Mapping[str, tuple[str, str]] = field(default_factory=_no_vars)  # VAR -> (section, field)
+    env_required: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # VAR -> example
 
 
 @dataclass(frozen=True, slots=True)

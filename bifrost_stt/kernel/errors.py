@@ -18,11 +18,31 @@ provider, as upstream Bifrost does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _CLIENT_HEADERS = frozenset({"allow", "retry-after"})
+
+MASK = "**********"
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s*]\S*")
+# A vendor's masked echo of a key: "sk-ab***...***e0b3" or "sk-...e0b3" (OpenAI, Azure and others).
+_MASKED_ECHO = re.compile(r"[^\s*]*\*{3,}[^\s.,;:)'\"]*|\b[\w-]{2,}(?:\.{3}|…)[\w-]{3,}\b")
+_RATE_LIMIT = re.compile(r"rate[ _-]?limit|too many requests|throttl", re.IGNORECASE)
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without any of ``secrets`` (key values), a bearer token, or a vendor's masked echo of a key.
+
+    The one place that decides what a secret looks like in text; every string that leaves the gateway
+    from an upstream passes through it.
+    """
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, MASK)
+    text = _BEARER.sub(r"\1" + MASK, text)
+    return _MASKED_ECHO.sub(MASK, text)
 
 
 class GatewayError(Exception):
@@ -104,8 +124,17 @@ class UpstreamError(GatewayError):
     bifrost_error = False
 
     @property
+    def rate_limited(self) -> bool:
+        """A 429, or an error whose wording says rate limit (some vendors answer 400/403 for it)."""
+        if self.status == 429 or self.extra.get("upstream_status") == 429:
+            return True
+        return any(_RATE_LIMIT.search(s) for s in (self.message, self.code or "", self.error_type) if s)
+
+    @property
     def retryable(self) -> bool:
-        return self.status in RETRYABLE_STATUSES
+        """429/500/502/503/504 (the upstream's own status when a non-JSON body hid it), network, rate limits."""
+        status = self.extra.get("upstream_status", self.status)
+        return status in RETRYABLE_STATUSES or self.rate_limited
 
 
 class UpstreamUnavailable(UpstreamError):

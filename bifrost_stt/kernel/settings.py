@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 
 class Secret:
@@ -37,14 +38,17 @@ class Secret:
         return hash(self._value)
 
 
+MAX_RESULT_TTL = 30 * 24 * 3600  # seconds an async job's result may be kept at most: results are not an archive
+
+
+def job_result_ttl(requested: int | None, default: int) -> int:
+    """Seconds to keep an async job's result: the requested TTL when positive, else ``default``; clamped to
+    ``MAX_RESULT_TTL`` (the job's ``expires_at`` shows what was granted)."""
+    return min(requested if requested is not None and requested > 0 else default, MAX_RESULT_TTL)
+
+
 def _frozen(mapping: Mapping[str, str] | None = None) -> Mapping[str, str]:
     return MappingProxyType(dict(mapping or {}))
-
-
-@dataclass(frozen=True, slots=True)
-class AzureKeyConfig:
-    endpoint: str
-    api_version: str = "2024-10-21"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +59,13 @@ class KeyConfig:
     models: tuple[str, ...] = ("*",)  # ("*",) = every model; () = none
     aliases: Mapping[str, str] = field(default_factory=_frozen)  # model -> deployment / upstream id
     enabled: bool = True
-    azure: AzureKeyConfig | None = None
-    url: str | None = None  # vllm_key_config.url: a per-key server
-    model_name: str | None = None  # vllm_key_config.model_name
+    # Vendor sections (``azure_key_config``, ``vllm_key_config``), checked against the owning provider's
+    # ConfigSpec: section name -> field values. Only that provider reads them.
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        """One vendor section's values ({} when the key has none)."""
+        return self.sections.get(name) or MappingProxyType({})
 
     def allows(self, model: str) -> bool:
         return self.enabled and ("*" in self.models or model in self.models)

@@ -9,6 +9,7 @@ uvicorn imports the app factory by name in each worker process, so nothing else 
 from __future__ import annotations
 
 import argparse
+import re
 import importlib.util
 import json
 import logging
@@ -239,6 +240,9 @@ def _spec_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+_SECRETISH = re.compile(r"secret|password|token|key", re.IGNORECASE)
+
+
 def summary(config: GatewayConfig, path: str | None) -> list[str]:
     """Human-readable lines describing ``config``; key values never appear, only key names."""
     lines = [f"configuration: {path or 'environment variables (no file)'}: valid"]
@@ -253,8 +257,9 @@ def summary(config: GatewayConfig, path: str | None) -> list[str]:
             extra = "" if key.enabled else ", disabled"
             if key.aliases:
                 extra += ", aliases " + ", ".join(f"{m} -> {d}" for m, d in key.aliases.items())
-            if key.azure is not None:
-                extra += f", endpoint {key.azure.endpoint}, api_version {key.azure.api_version}"
+            for section_name, values in key.sections.items():  # a vendor's key section: endpoints, versions
+                shown = [f"{k} {v}" for k, v in values.items() if not _SECRETISH.search(k)]
+                extra += f", {section_name}: " + ", ".join(shown) if shown else ""
             lines.append(f"  key {key.name}: weight {key.weight:g}, models {models}{extra}")
     server = config.server
     lines.append(f"server: {server.host}:{server.port}, workers {server.workers}, log level {server.log_level}")

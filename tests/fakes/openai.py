@@ -17,7 +17,7 @@ import math
 import re
 from typing import Any
 
-from bifrost_stt.kernel.settings import AzureKeyConfig, KeyConfig, NetworkConfig, ProviderConfig, Secret
+from bifrost_stt.kernel.settings import KeyConfig, NetworkConfig, ProviderConfig, Secret
 from tests.fakes.server import FakeServer, Recorded, Reply, error_reply
 
 OPENAI_KEY = "sk-test-openai-4f9a2c71e0b3"
@@ -226,7 +226,7 @@ class FakeAzure(FakeOpenAI):
         self.api_versions: set[str] | None = None  # None: any version is accepted
 
     def key(self, name: str = "k1", **kw: Any) -> KeyConfig:
-        kw.setdefault("azure", AzureKeyConfig(endpoint=self.url))
+        kw.setdefault("sections", {"azure_key_config": {"endpoint": self.url}})
         return super().key(name, **kw)
 
     def route(self, request: Recorded) -> tuple[str | None, Reply | None]:

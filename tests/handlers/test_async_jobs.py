@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bifrost_stt.gateway.jobs.runner import MAX_RESULT_TTL
+from bifrost_stt.kernel.settings import MAX_RESULT_TTL
 from tests.audio import wav_bytes
 from tests.fakes.faults import slow, status
 from tests.fakes.openai import TRANSCRIPT

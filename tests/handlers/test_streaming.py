@@ -518,12 +518,13 @@ class Upstream:
         self.closed = True
 
 
-def _served() -> Served:
-    return Served("openai", "gpt-4o-transcribe", "gpt-4o-transcribe", 0, time.perf_counter())
+def _served(idle: float = 60.0) -> Served:
+    return Served("openai", "gpt-4o-transcribe", "gpt-4o-transcribe", 0, time.perf_counter(), reported="openai",
+                  stream_idle_timeout=idle)
 
 
 async def _body(upstream: Upstream, idle: float = 5.0) -> list[Any]:
-    chunks = [c async for c in outbound.sse_events(upstream, _served(), kind="openai", idle_timeout=idle)]
+    chunks = [c async for c in outbound.sse_events(upstream, _served(idle))]
     assert all(c.startswith(b"data: ") and c.endswith(b"\n\n") for c in chunks)
     return [c[6:-2].decode() if c == outbound.DONE_MARKER else orjson.loads(c[6:-2]) for c in chunks]
 
@@ -560,7 +561,7 @@ async def test_sse_events_a_bug_of_ours_is_one_500_event() -> None:
 async def test_sse_response_cancels_the_body_when_the_client_leaves() -> None:
     """Also on servers speaking ASGI 2.4, where Starlette itself stops watching for disconnects."""
     upstream = Upstream([StreamDelta("a")], then=30.0)
-    response = outbound.stream_response(upstream, _served(), kind="openai", idle_timeout=60, original_model="m")
+    response = outbound.stream_response(upstream, _served(), original_model="m")
     sent: list[Any] = []
     messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 

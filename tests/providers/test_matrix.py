@@ -37,7 +37,7 @@ def test_unknown_kind_and_undeclared_capabilities_fail_loudly(monkeypatch: pytes
     monkeypatch.setattr(registry, "PROVIDERS", {**registry.PROVIDERS, "bare": "bifrost_stt.providers.http:make_client"})
     with pytest.raises(LookupError, match="add a module constant BARE = Capabilities"):
         registry.capabilities("bare")
-    assert registry.capabilities_name("opencode-go") == "OPENCODE_GO"
+    assert registry.constant_name("opencode-go") == "OPENCODE_GO"
 
 
 def test_matrix_has_one_row_per_kind() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from bifrost_stt.kernel.canonical import BytesAudio, FileAudio, StreamDelta, StreamDone, StreamEvent, TranscriptionRequest
 from bifrost_stt.kernel.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable, envelope
-from bifrost_stt.kernel.settings import AzureKeyConfig, KeyConfig, NetworkConfig, ProviderConfig, Secret
+from bifrost_stt.kernel.settings import KeyConfig, NetworkConfig, ProviderConfig, Secret
 from bifrost_stt.providers import registry
 from bifrost_stt.kernel.capabilities import Attempt, StreamingTranscriber, Transcriber
 from bifrost_stt.providers.http import make_client
@@ -291,7 +291,8 @@ async def test_slow_upstream_is_504(openai: OpenAICompatible, fake_openai: FakeO
 
 async def test_azure_deployment_url_api_version_and_api_key(fake_azure: FakeAzure) -> None:
     impl = await provider_for(fake_azure)
-    key = fake_azure.key(azure=AzureKeyConfig(endpoint=fake_azure.url + "/", api_version="2025-03-01-preview"))
+    key = fake_azure.key(sections={"azure_key_config": {"endpoint": fake_azure.url + "/",
+                                                          "api_version": "2025-03-01-preview"}})
     try:
         result = await impl.transcribe(request("whisper", response_format="verbose_json"), attempt(fake_azure, "whisper", key=key))
         got = await events(impl, request("gpt-4o-transcribe", stream=True), attempt(fake_azure, "gpt-4o-transcribe", key=key))
@@ -309,7 +310,7 @@ async def test_azure_deployment_url_api_version_and_api_key(fake_azure: FakeAzur
 async def test_azure_default_api_version_and_wrong_key(fake_azure: FakeAzure) -> None:
     impl = await provider_for(fake_azure)
     try:
-        key = KeyConfig(name="k", value=Secret("nope-nope-nope"), azure=AzureKeyConfig(endpoint=fake_azure.url))
+        key = KeyConfig(name="k", value=Secret("nope-nope-nope"), sections={"azure_key_config": {"endpoint": fake_azure.url}})
         with pytest.raises(UpstreamError) as info:
             await impl.transcribe(request("whisper"), attempt(fake_azure, "whisper", key=key))
     finally:

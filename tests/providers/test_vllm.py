@@ -42,7 +42,7 @@ def test_url_key_server_wins_and_v1_suffix_is_tolerated() -> None:
     plain = Attempt(key=None, model="m", timeout=1)
     assert vllm_url("http://gpu:8000", plain) == "http://gpu:8000/v1/audio/transcriptions"
     assert vllm_url("http://gpu:8000/v1/", plain) == "http://gpu:8000/v1/audio/transcriptions"
-    keyed = Attempt(key=KeyConfig(name="k", url="http://other:9000/v1"), model="m", timeout=1)
+    keyed = Attempt(key=KeyConfig(name="k", sections={"vllm_key_config": {"url": "http://other:9000/v1"}}), model="m", timeout=1)
     assert vllm_url("http://gpu:8000", keyed) == "http://other:9000/v1/audio/transcriptions"
     with pytest.raises(GatewayError, match="vllm_key_config.url"):
         vllm_url(None, plain)
@@ -77,11 +77,13 @@ async def test_per_key_url_and_model_name(fake_vllm: FakeVLLM, fake_upstream: An
     impl = registry.build(cfg, make_client(cfg))
     assert isinstance(impl, PerKeyServer)
     fake_vllm.api_keys = {VLLM_KEY}
-    key = KeyConfig(name="gpu-a", value=Secret(VLLM_KEY), url=fake_vllm.url + "/v1", model_name=VLLM_MODEL)
+    key = KeyConfig(name="gpu-a", value=Secret(VLLM_KEY),
+                    sections={"vllm_key_config": {"url": fake_vllm.url + "/v1", "model_name": VLLM_MODEL}})
     try:
         result = await impl.transcribe(request(), Attempt(key=key, model="whisper", timeout=5))
         with pytest.raises(UpstreamError) as info:
-            wrong = KeyConfig(name="gpu-a", value=Secret("not-the-key-123"), url=fake_vllm.url, model_name=VLLM_MODEL)
+            wrong = KeyConfig(name="gpu-a", value=Secret("not-the-key-123"),
+                              sections={"vllm_key_config": {"url": fake_vllm.url, "model_name": VLLM_MODEL}})
             await impl.transcribe(request(), Attempt(key=wrong, model="whisper", timeout=5))
     finally:
         await impl.client.aclose()

@@ -21,22 +21,19 @@ from typing import Any
 
 import yaml
 
-from bifrost_stt.gateway.config.schema import (
-    CLIENT,
-    KEY,
-    PROVIDER,
-    SERVER,
-    TOP,
-    UPSTREAM_PROVIDER_IDS,
+from bifrost_stt.gateway.config.schema import CLIENT, KEY, PROVIDER, SERVER, TOP, UPSTREAM_PROVIDER_IDS
+from bifrost_stt.kernel.capabilities import ConfigSpec
+from bifrost_stt.kernel.fields import (
     ConfigError,
     Context,
+    Field,
     as_object,
     header_value,
     read_section,
+    section,
     suggestion,
 )
 from bifrost_stt.kernel.settings import (
-    AzureKeyConfig,
     AudioLimit,
     ClientConfig,
     LongAudioConfig,
@@ -56,12 +53,6 @@ __all__ = [
 
 CONFIG_ENV = "BIFROST_STT_CONFIG"  # the config path handed from `bifrost-stt serve` to its workers
 OVERRIDES_ENV = "BIFROST_STT_OVERRIDES"  # JSON of the command-line overrides, ditto
-
-# Kinds that make sense without a key (self-hosted servers): a base URL variable alone configures them.
-KEYLESS_KINDS = frozenset({"vllm"})
-
-# Zero-config variables that differ from the generic <KIND>_API_KEY / <KIND>_BASE_URL pattern.
-AZURE_ENV = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_VERSION")
 
 # BIFROST_STT_* variable → (section, field, is an integer), applied over the file or the zero-config.
 SERVER_ENV: Mapping[str, tuple[str, str, bool]] = {
@@ -214,33 +205,35 @@ def _provider(
 
 
 def _key(raw: Any, path: str, kind: str, ctx: Context, version: int) -> KeyConfig:
+    """One key: the shared fields, plus the vendor sections ``kind`` declares in its ``ConfigSpec``."""
+    spec, owners = _spec(kind), _section_owners()
+    table: dict[str, Field] = {**KEY, **{name: Field(section(ks.fields)) for name, ks in spec.key_sections.items()}}
+    name = raw.get("name") if isinstance(raw, Mapping) else None
     try:
-        fields = read_section(raw, path, KEY, ctx)
+        for field_name in (raw if isinstance(raw, Mapping) else {}):
+            if field_name in owners and field_name not in spec.key_sections:
+                raise ConfigError(f"{path}.{field_name}",
+                                  f"only {owners[field_name]} keys take one (this provider is {kind})")
+        fields = read_section(raw, path, table, ctx)
+        for section_name, ks in spec.key_sections.items():
+            if ks.required and section_name not in fields:
+                why = f" ({ks.why})" if ks.why else ""
+                raise ConfigError(f"{path}.{section_name}", f"required for {kind} keys{why}")
     except ConfigError as exc:
-        name = raw.get("name") if isinstance(raw, Mapping) else None
         raise (exc.noting(f'key "{name}"') if isinstance(name, str) and name else exc) from None
-    name = fields["name"]
-    azure = fields.get("azure_key_config")
-    if kind == "azure" and azure is None:
-        raise ConfigError(f"{path}.azure_key_config", f'required for azure keys (its endpoint) (key "{name}")')
-    if kind != "azure" and azure is not None:
-        raise ConfigError(f"{path}.azure_key_config", f"only azure keys take one (this provider is {kind})")
-    vllm = fields.get("vllm_key_config", {})
-    if vllm and kind != "vllm":
-        raise ConfigError(f"{path}.vllm_key_config", f"only vllm keys take one (this provider is {kind})")
     models = fields.get("models", ("*",))
     if version == 1 and not models:
         models = ("*",)  # upstream v1.4 semantics, kept for files that say "version": 1
     return KeyConfig(
-        name=name,
+        name=fields["name"],
         value=Secret(fields.get("value", "")),
         weight=fields.get("weight", 1.0),
         models=models,
         aliases=MappingProxyType(fields.get("aliases", {})),
         enabled=fields.get("enabled", True),
-        azure=None if azure is None else AzureKeyConfig(**azure),
-        url=vllm.get("url"),
-        model_name=vllm.get("model_name"),
+        sections=MappingProxyType(
+            {n: MappingProxyType(fields[n]) for n in spec.key_sections if n in fields}
+        ),
     )
 
 
@@ -259,54 +252,40 @@ def _network(fields: dict[str, Any], path: str) -> NetworkConfig:
 # --- the environment --------------------------------------------------------------------------------------------
 
 
-def env_prefix(kind: str) -> str:
-    """``huggingface`` → ``HUGGINGFACE``; ``opencode-go`` → ``OPENCODE_GO``."""
-    return kind.upper().replace("-", "_")
-
-
-def env_hint(kind: str) -> str:
-    """The environment variables that configure ``kind`` without a file, for error messages."""
-    if kind == "azure":
-        return f"{AZURE_ENV[0]} and {AZURE_ENV[1]}"
-    if kind == "vllm":
-        return "VLLM_BASE_URL"
-    return f"{env_prefix(kind)}_API_KEY"
-
-
 def from_environment(env: Mapping[str, str], known_kinds: frozenset[str]) -> GatewayConfig:
-    """Zero-config: one provider per known kind whose ``<KIND>_API_KEY`` is set (Azure: AZURE_OPENAI_*)."""
+    """Zero-config: one provider per known kind whose key variable is set (``<KIND>_API_KEY`` unless the kind
+    declares another), or, for kinds that need no key, whose base URL variable is set."""
     providers: dict[str, ProviderConfig] = {}
     for kind in sorted(known_kinds):
-        built = _azure_from_env(env) if kind == "azure" else _generic_from_env(kind, env)
+        built = _from_env(kind, env)
         if built is not None:
             providers[kind] = built
     return GatewayConfig(providers=MappingProxyType(providers))
 
 
-def _generic_from_env(kind: str, env: Mapping[str, str]) -> ProviderConfig | None:
-    key_var, url_var = f"{env_prefix(kind)}_API_KEY", f"{env_prefix(kind)}_BASE_URL"
-    base_url = env.get(url_var) or None
-    network = NetworkConfig(base_url=base_url)
-    if env.get(key_var):
-        value = Secret(header_value(env[key_var], key_var))
-        return ProviderConfig(id=kind, kind=kind, keys=(KeyConfig(name=key_var, value=value),),
-                              network=network)
-    if base_url and kind in KEYLESS_KINDS:
-        return ProviderConfig(id=kind, kind=kind, network=network, is_key_less=True)
-    return None
+def _from_env(kind: str, env: Mapping[str, str]) -> ProviderConfig | None:
+    from bifrost_stt.providers import registry  # imported on use: the registry imports provider modules
 
-
-def _azure_from_env(env: Mapping[str, str]) -> ProviderConfig | None:
-    key_var, endpoint_var, version_var = AZURE_ENV
+    spec = _spec(kind)
+    key_var, url_var = registry.env_vars(kind)
+    network = NetworkConfig(base_url=env.get(url_var) or None)
     if not env.get(key_var):
+        if network.base_url and spec.key_less:
+            return ProviderConfig(id=kind, kind=kind, network=network, is_key_less=True)
         return None
-    if not env.get(endpoint_var):
-        raise ConfigError(endpoint_var, f"required when {key_var} is set (e.g. https://NAME.openai.azure.com)")
-    azure = AzureKeyConfig(endpoint=env[endpoint_var])
-    if env.get(version_var):
-        azure = AzureKeyConfig(endpoint=env[endpoint_var], api_version=env[version_var])
-    key = KeyConfig(name=key_var, value=Secret(header_value(env[key_var], key_var)), azure=azure)
-    return ProviderConfig(id="azure", kind="azure", keys=(key,))
+    for var, example in spec.env_required.items():
+        if not env.get(var):
+            raise ConfigError(var, f"required when {key_var} is set (e.g. {example})")
+    sections: dict[str, dict[str, str]] = {}
+    for var, (section_name, field_name) in spec.env_sections.items():
+        if env.get(var):
+            sections.setdefault(section_name, {})[field_name] = env[var]
+    key = KeyConfig(
+        name=key_var,
+        value=Secret(header_value(env[key_var], key_var)),
+        sections=MappingProxyType({n: MappingProxyType(v) for n, v in sections.items()}),
+    )
+    return ProviderConfig(id=kind, kind=kind, keys=(key,), network=network)
 
 
 def _apply_server_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
@@ -339,3 +318,15 @@ def _registry_kinds() -> frozenset[str]:
     from bifrost_stt.providers.registry import known  # imported on use: the registry imports provider modules
 
     return known()
+
+
+def _spec(kind: str) -> ConfigSpec:
+    from bifrost_stt.providers.registry import config_spec
+
+    return config_spec(kind)
+
+
+def _section_owners() -> Mapping[str, str]:
+    from bifrost_stt.providers.registry import key_section_owners
+
+    return key_section_owners()

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bifrost_stt.gateway.jobs.runner import FAILED, PENDING, PROCESSING, Job, JobStoreFull
+from bifrost_stt.gateway.jobs.record import FAILED, PENDING, PROCESSING, Job, JobStoreFull
 
 T = TypeVar("T")
 

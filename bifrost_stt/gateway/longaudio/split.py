@@ -32,6 +32,7 @@ from bifrost_stt.gateway.longaudio import encode, probe
 from bifrost_stt.gateway.longaudio.cuts import Piece, plan
 from bifrost_stt.gateway.longaudio.stitch import join_text, stitch, sum_usage
 from bifrost_stt.kernel import progress
+from bifrost_stt.kernel.capabilities import Capabilities
 from bifrost_stt.kernel.canonical import (
     FileAudio,
     StreamDelta,
@@ -59,6 +60,11 @@ class Target:
     max_seconds: float | None
 
 
+def _target(provider: str, model: str, caps: Capabilities) -> Target:
+    limit = caps.max_file_mb * 1024 * 1024 if caps.max_file_mb is not None else None
+    return Target(provider, model, limit, caps.max_duration_s)
+
+
 Call = Callable[[TranscriptionRequest], Awaitable[tuple[TranscriptionResult, S]]]
 
 
@@ -67,10 +73,17 @@ class LongAudio:
         self.config = config
         self.spool_dir = spool_dir
 
-    async def prepare(self, request: TranscriptionRequest, targets: Sequence[Target]) -> Split | None:
-        """A plan of pieces when the primary target (``targets[0]``) cannot take the audio whole; else None."""
-        if not self.config.enabled or not targets:
+    async def prepare(
+        self, request: TranscriptionRequest, chain: Sequence[tuple[str, str, Capabilities | None]]
+    ) -> Split | None:
+        """A plan of pieces when the primary target cannot take the audio whole; else None.
+
+        ``chain``: (provider, model, capabilities) of the primary and each fallback, capabilities None for
+        a provider that is not configured (skipped; an unconfigured primary is the router's error to give).
+        """
+        if not self.config.enabled or not chain or chain[0][2] is None:
             return None
+        targets = [_target(p, m, caps) for p, m, caps in chain if caps is not None]
         primary, audio = targets[0], request.audio
         too_big = primary.max_bytes is not None and audio.size > primary.max_bytes
         if not too_big and primary.max_seconds is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from bifrost_stt.gateway.config.load import env_hint
+from bifrost_stt.providers.registry import env_hint
 from bifrost_stt.kernel.errors import ClientError
 
 

@@ -80,9 +80,9 @@ def check_upstream(config: GatewayConfig) -> None:
     assert (openai.concurrency.concurrency, openai.concurrency.buffer_size) == (10, 20)
     assert "providers.openai.send_back_raw_response" in config.unsupported_fields
     azure_key = config.providers["azure"].keys[0]
-    assert azure_key.azure is not None
-    assert azure_key.azure.endpoint == "https://eu.openai.azure.com"
-    assert azure_key.azure.api_version == "2025-01-01"
+    azure_section = azure_key.section("azure_key_config")
+    assert azure_section["endpoint"] == "https://eu.openai.azure.com"
+    assert azure_section["api_version"] == "2025-01-01"
     assert azure_key.upstream_model("whisper-1") == "whisper-deploy"
     assert azure_key.upstream_model("gpt-4o-transcribe") == "g4o"
     assert config.client.drop_excess_requests and config.client.max_request_body_size_mb == 50
@@ -201,8 +201,8 @@ def test_azure_without_endpoint() -> None:
     missing_var = provider({"keys": [{"name": "az", "azure_key_config": {"endpoint": "env.AZ_EP"}}]}, pid="azure")
     assert "environment variable AZ_EP is not set" in error(missing_var, env={})
     default_version = provider({"keys": [{"name": "az", "azure_key_config": {"endpoint": "https://e"}}]}, "azure")
-    azure = load(default_version).providers["azure"].keys[0].azure
-    assert azure is not None and azure.api_version == "2024-10-21"
+    azure = load(default_version).providers["azure"].keys[0].section("azure_key_config")
+    assert dict(azure) == {"endpoint": "https://e"}  # the provider applies its default api_version
 
 
 def test_azure_entra_fields_accepted_and_reported_unsupported() -> None:
@@ -219,7 +219,7 @@ def test_key_configs_belong_to_their_kind() -> None:
     vllm = load(provider({"keys": [{"name": "v", "vllm_key_config": {"url": "http://127.0.0.1:8000",
                                                                      "model_name": "whisper"}}]}, "vllm"))
     k = vllm.providers["vllm"].keys[0]
-    assert (k.url, k.model_name) == ("http://127.0.0.1:8000", "whisper")
+    assert dict(k.section("vllm_key_config")) == {"url": "http://127.0.0.1:8000", "model_name": "whisper"}
 
 
 def test_custom_provider() -> None:
@@ -303,8 +303,8 @@ def test_env_zero_config() -> None:
     assert openai.keys[0].name == "OPENAI_API_KEY" and openai.keys[0].value.reveal() == SECRET
     assert openai.network.base_url == "http://127.0.0.1:1"
     assert config.providers["groq"].network.base_url is None
-    azure = config.providers["azure"].keys[0].azure
-    assert azure is not None and (azure.endpoint, azure.api_version) == ("https://e", "2025-03-01")
+    azure = config.providers["azure"].keys[0].section("azure_key_config")
+    assert (azure["endpoint"], azure["api_version"]) == ("https://e", "2025-03-01")
     vllm = config.providers["vllm"]
     assert vllm.is_key_less and vllm.keys == () and vllm.network.base_url == "http://127.0.0.1:8000"
 

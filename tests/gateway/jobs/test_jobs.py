@@ -17,18 +17,10 @@ import orjson
 import pytest
 
 from bifrost_stt.kernel.errors import ClientError, Overloaded
-from bifrost_stt.gateway.jobs.runner import (
-    COMPLETED,
-    FAILED,
-    MAX_RESULT_TTL,
-    PENDING,
-    PROCESSING,
-    Job,
-    JobRunner,
-    JobStoreFull,
-)
+from bifrost_stt.gateway.jobs.record import COMPLETED, FAILED, PENDING, PROCESSING, Job, JobStoreFull
+from bifrost_stt.gateway.jobs.runner import JobRunner
 from bifrost_stt.gateway.jobs.store import SQLiteJobStore
-from bifrost_stt.kernel.settings import ClientConfig
+from bifrost_stt.kernel.settings import MAX_RESULT_TTL, ClientConfig
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 BODY = b'{"text":"hello","extra_fields":{"provider":"openai"}}'

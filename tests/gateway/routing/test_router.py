@@ -15,7 +15,10 @@ import pytest
 
 from bifrost_stt.kernel.canonical import BytesAudio, StreamDelta, StreamDone, StreamEvent, TranscriptionRequest, TranscriptionResult
 from bifrost_stt.kernel.errors import ClientError, Overloaded, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from bifrost_stt.gateway.routing.router import HeldStream, ProviderSlot, Router, backoff_delay, scrub
+from bifrost_stt.gateway.routing.admission import ProviderSlot
+from bifrost_stt.gateway.routing.router import Router, backoff_delay
+from bifrost_stt.gateway.routing.streams import HeldStream
+from bifrost_stt.kernel.errors import scrub
 from bifrost_stt.kernel.settings import ConcurrencyConfig, KeyConfig, NetworkConfig, ProviderConfig, Secret
 from bifrost_stt.kernel.capabilities import Attempt, Capabilities
 
