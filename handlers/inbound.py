@@ -10,6 +10,7 @@ from connexion import context
 
 from bifrost_stt.kernel.canonical import AudioSource, TranscriptionRequest
 from bifrost_stt.kernel.errors import ClientError
+from bifrost_stt.kernel.settings import Secret
 from bifrost_stt.gateway.routing.models import resolve_model
 from bifrost_stt.gateway.contract.multipart import ParsedForm, parsed_form
 from bifrost_stt.gateway.compose import Gateway
@@ -39,7 +40,7 @@ def current_form() -> tuple[ParsedForm, dict[str, str]]:
     return form, headers
 
 
-def _direct_key(headers: Mapping[str, str], route: Route) -> str | None:
+def _direct_key(headers: Mapping[str, str], route: Route) -> Secret | None:
     value = headers.get(route.direct_key_header)
     if value is None and route.direct_key_header != "authorization":
         value = headers.get("authorization")
@@ -47,8 +48,10 @@ def _direct_key(headers: Mapping[str, str], route: Route) -> str | None:
         return None
     scheme, _, token = value.partition(" ")
     if token and scheme.lower() == "bearer":
-        return token.strip() or None
-    return value.strip() if route.direct_key_header != "authorization" else None
+        raw: str | None = token.strip() or None
+    else:
+        raw = value.strip() if route.direct_key_header != "authorization" else None
+    return Secret(raw) if raw else None
 
 
 def _text(fields: Mapping[str, Any], name: str) -> str | None:

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from bifrost_stt.kernel.settings import Secret
+
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
 RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "verbose_json", "vtt")
 TEXT_FORMATS = frozenset({"text", "srt", "vtt"})
@@ -132,7 +134,7 @@ class TranscriptionRequest:
     # Fields the contract does not name (include[], chunking_strategy[type], a provider's own options):
     # passed through as (name, value) pairs, read only by providers that understand them.
     extra: tuple[tuple[str, str], ...] = ()
-    direct_key: str | None = None  # a provider key the client sent, used only when the provider allows it
+    direct_key: Secret | None = None  # a provider key the client sent, used only when the provider allows it
 
 
 @dataclass(frozen=True, slots=True)

@@ -283,8 +283,7 @@ def create_app(
     """``strict_responses``: a stream event that breaks the contract breaks the stream (tests, staging)
     instead of only being logged; non-stream responses are always checked strictly."""
     if contract is None:
-        spec_dir = config.server.spec_dir
-        contract = spec.load_contract(Path(spec_dir)) if spec_dir else spec.load_contract()
+        contract = spec.served_contract(config.server.spec_dir)
     gateway = Gateway(config, provider_ids=spec.provider_ids(contract))
     table = handlers.operations(gateway)
     missing = missing_handlers(contract, table)

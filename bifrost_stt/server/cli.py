@@ -182,9 +182,8 @@ def preflight(config: GatewayConfig) -> None:
 
     from bifrost_stt.gateway.contract import loading as spec
 
-    spec_dir = config.server.spec_dir
     try:
-        spec.to_connexion(spec.load_contract(Path(spec_dir)) if spec_dir else spec.load_contract())
+        spec.to_connexion(spec.served_contract(config.server.spec_dir))
     except (OSError, spec.ContractError, ValueError) as exc:
         raise ConfigError("server.spec_dir", f"the OpenAPI document there cannot be served: {exc}") from None
     store = config.client.job_store_path

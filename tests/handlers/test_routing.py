@@ -190,8 +190,8 @@ def test_network_error_retries_the_same_key(run_gateway: Any, up: Any) -> None:
 def test_aliases_allow_lists_and_disabled_keys(run_gateway: Any, up: Any) -> None:
     (off,) = _keys(up.azure, "off", enabled=False)
     (wk,) = _keys(up.azure, "whisper-only", models=("whisper-1",), aliases={"whisper-1": "whisper"})
-    endpoint = up.azure.key().azure
-    keys = (replace(off, azure=endpoint), replace(wk, azure=endpoint))
+    endpoint = up.azure.key().sections
+    keys = (replace(off, sections=endpoint), replace(wk, sections=endpoint))
     url = run_gateway(config_with(replace(up.azure.provider_config(), keys=keys)))
 
     r = post(url, "azure/whisper-1")

@@ -29,7 +29,7 @@ from bifrost_stt.server.app import create_app
 from bifrost_stt.kernel.canonical import StreamDelta, StreamDone, Usage
 from bifrost_stt.gateway.routing.router import Served
 from bifrost_stt.kernel.settings import GatewayConfig
-from bifrost_stt.gateway.contract.validation import SSEResponseValidator, StrictSSEResponseValidator, validator_map
+from bifrost_stt.gateway.contract.validation import SSEResponseValidator, response_validators, validator_map
 from bifrost_stt.handlers import outbound
 from tests.audio import wav_bytes
 from tests.fakes.openai import TRANSCRIPT
@@ -425,6 +425,12 @@ EVENT_SCHEMA = {
 }
 
 
+def _sse_validator(*, strict: bool) -> type[SSEResponseValidator]:
+    """The SSE validator an app gets (bound to that app's compiled-schema cache)."""
+    bound: type[SSEResponseValidator] = response_validators(strict_sse=strict)["text/event-stream"]
+    return bound
+
+
 async def _through(validator_cls: type[SSEResponseValidator], chunks: list[bytes]) -> list[bytes]:
     sent: list[bytes] = []
 
@@ -440,19 +446,19 @@ async def _through(validator_cls: type[SSEResponseValidator], chunks: list[bytes
 
 async def test_validator_forwards_every_chunk_at_once() -> None:
     chunks = [b'data: {"type": "transcript.text.del', b'ta", "delta": "a"}\n', b"\ndata: [DONE]\n\n"]
-    assert await _through(StrictSSEResponseValidator, chunks) == chunks
+    assert await _through(_sse_validator(strict=True), chunks) == chunks
 
 
 async def test_strict_validator_raises_on_a_breaking_event() -> None:
     with pytest.raises(NonConformingResponseBody, match="enum|transcript"):
-        await _through(StrictSSEResponseValidator, [b'data: {"type": "transcript.words"}\n\n'])
+        await _through(_sse_validator(strict=True), [b'data: {"type": "transcript.words"}\n\n'])
     with pytest.raises(NonConformingResponseBody, match="not JSON"):
-        await _through(StrictSSEResponseValidator, [b"data: {oops\n\n"])
+        await _through(_sse_validator(strict=True), [b"data: {oops\n\n"])
 
 
 async def test_lenient_validator_logs_and_forwards(caplog: pytest.LogCaptureFixture) -> None:
     chunks = [b'data: {"type": 3}\n\n']
-    assert await _through(SSEResponseValidator, chunks) == chunks
+    assert await _through(_sse_validator(strict=False), chunks) == chunks
     assert "does not conform" in caplog.text
 
 

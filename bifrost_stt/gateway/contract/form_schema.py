@@ -17,6 +17,7 @@ from typing import Any
 
 import jsonschema_rs
 
+from bifrost_stt.gateway.contract.schema_cache import SchemaCache
 from bifrost_stt.kernel.errors import ClientError, GatewayError
 
 FILE_PLACEHOLDER = ""  # stands in for a file during schema validation, so ``format: binary`` strings pass
@@ -41,23 +42,9 @@ class Plan:
     validator: Any  # a compiled jsonschema_rs validator
 
 
-class PlanCache:
-    """Compiled plans by schema identity. Connexion hands the same schema dict to every request of an
-    operation (validators themselves are created per request), so identity hits after the first request;
-    the schema is kept referenced so its id cannot be reused."""
-
-    def __init__(self) -> None:
-        self._by_id: dict[int, tuple[dict[str, Any], Plan]] = {}
-
-    def get(self, schema: dict[str, Any]) -> Plan:
-        hit = self._by_id.get(id(schema))
-        if hit is not None and hit[0] is schema:
-            return hit[1]
-        plan = compile_plan(schema)
-        if len(self._by_id) >= 1024:  # a Connexion that rebuilt schemas per request must not grow this forever
-            self._by_id.clear()
-        self._by_id[id(schema)] = (schema, plan)
-        return plan
+def plan_cache() -> SchemaCache[Plan]:
+    """Compiled plans by schema identity, for one app."""
+    return SchemaCache(compile_plan)
 
 
 def compile_plan(schema: dict[str, Any]) -> Plan:

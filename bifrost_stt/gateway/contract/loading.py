@@ -193,6 +193,11 @@ def _clone(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
+def served_contract(spec_dir: str | None = None) -> dict[str, Any]:
+    """The contract this gateway serves: the bundled one, or the document in ``spec_dir`` (``serve --spec-dir``)."""
+    return load_contract(Path(spec_dir)) if spec_dir else load_contract()
+
+
 def load_contract(openapi_dir: Path = OPENAPI_DIR) -> dict[str, Any]:
     """The served contract (OpenAPI 3.1): ``bifrost.yaml`` with ``overlay.yaml`` applied.
 
@@ -472,6 +477,7 @@ __all__ = [
     "ContractError",
     "apply_overlay",
     "load_contract",
+    "served_contract",
     "operations",
     "parse_jsonpath",
     "select",

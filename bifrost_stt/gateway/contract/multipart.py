@@ -35,7 +35,8 @@ from starlette.types import Message, Receive, Scope
 from bifrost_stt.kernel import sniff
 from bifrost_stt.kernel.canonical import AudioSource, BytesAudio, FileAudio
 from bifrost_stt.kernel.errors import ClientError, GatewayError, PayloadTooLarge, UnsupportedMediaType
-from bifrost_stt.gateway.contract.form_schema import FILE_PLACEHOLDER, Plan, PlanCache, coerce, schema_error
+from bifrost_stt.gateway.contract.form_schema import FILE_PLACEHOLDER, Plan, coerce, plan_cache, schema_error
+from bifrost_stt.gateway.contract.schema_cache import SchemaCache
 
 SCOPE_KEY = "bifrost.form"
 """Key under ``scope["extensions"]`` where the validator leaves the ``ParsedForm``."""
@@ -100,7 +101,7 @@ def make_validator_map(limits: UploadLimits) -> dict[str, Any]:
     bound = type(
         "BoundMultipartFormValidator",
         (MultipartFormValidator,),
-        {"limits": limits, "plans": PlanCache()},
+        {"limits": limits, "plans": plan_cache()},
     )
     validator_map = dict(VALIDATOR_MAP)
     body = MediaTypeDict(VALIDATOR_MAP["body"])
@@ -363,7 +364,7 @@ class MultipartFormValidator(AbstractRequestBodyValidator):
     """
 
     limits: UploadLimits
-    plans: PlanCache
+    plans: SchemaCache[Plan]
 
     async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
         """Read, parse and validate the whole body, then pass on an empty body and the parsed form."""

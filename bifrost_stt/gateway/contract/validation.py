@@ -19,19 +19,15 @@ from connexion.exceptions import NonConformingResponseBody
 from connexion.validators import VALIDATOR_MAP, AbstractResponseBodyValidator
 from starlette.types import Send
 
+from bifrost_stt.gateway.contract.schema_cache import SchemaCache
+
 log = logging.getLogger("bifrost_stt.validation")
 
-_compiled: dict[int, tuple[Any, Any]] = {}
 
 
-def compiled(schema: dict[str, Any]) -> Any:
-    """One compiled validator per schema object for the life of the process."""
-    hit = _compiled.get(id(schema))
-    if hit is not None and hit[0] is schema:
-        return hit[1]
-    validator = jsonschema_rs.Draft4Validator(schema)
-    _compiled[id(schema)] = (schema, validator)
-    return validator
+def compiled_validators() -> SchemaCache[Any]:
+    """Compiled jsonschema-rs validators by schema identity, for one app."""
+    return SchemaCache(jsonschema_rs.Draft4Validator)
 
 
 def _first_error(validator: Any, instance: Any) -> str | None:
@@ -42,6 +38,7 @@ def _first_error(validator: Any, instance: Any) -> str | None:
 
 
 class JSONResponseValidator(AbstractResponseBodyValidator):
+    schemas: ClassVar[SchemaCache[Any]]  # bound per app by ``response_validators``
     def _parse(self, stream: Any) -> Any:
         body = b"".join(stream)
         if not self._schema:
@@ -54,7 +51,7 @@ class JSONResponseValidator(AbstractResponseBodyValidator):
     def _validate(self, body: Any) -> None:
         if not self._schema:
             return None
-        problem = _first_error(compiled(self._schema), body)
+        problem = _first_error(self.schemas.get(self._schema), body)
         if problem:
             log.error("response does not conform to the contract: %s", problem)
             raise NonConformingResponseBody(detail=problem)
@@ -121,11 +118,12 @@ class SSEResponseValidator(AbstractResponseBodyValidator):
     """
 
     strict: ClassVar[bool] = False
+    schemas: ClassVar[SchemaCache[Any]]  # bound per app by ``response_validators``
 
     def wrap_send(self, send: Send) -> Send:
-        events = compiled(self._schema) if self._schema else None
+        events = self.schemas.get(self._schema) if self._schema else None
         error_schema = _operation_error_schema()
-        errors = compiled(error_schema) if error_schema else None
+        errors = self.schemas.get(error_schema) if error_schema else None
         splitter = EventSplitter()
 
         async def send_(message: MutableMapping[str, Any]) -> None:
@@ -166,11 +164,14 @@ class StrictSSEResponseValidator(SSEResponseValidator):
 
 
 def response_validators(*, strict_sse: bool = False) -> MediaTypeDict:
+    """Our response validators, bound to one compiled-schema cache (Connexion instantiates them itself)."""
+    schemas = compiled_validators()
+    sse = StrictSSEResponseValidator if strict_sse else SSEResponseValidator
     return MediaTypeDict(
         {
-            "*/*json": JSONResponseValidator,
+            "*/*json": type("BoundJSONResponseValidator", (JSONResponseValidator,), {"schemas": schemas}),
             "text/plain": TextResponseValidator,
-            "text/event-stream": StrictSSEResponseValidator if strict_sse else SSEResponseValidator,
+            "text/event-stream": type("BoundSSEResponseValidator", (sse,), {"schemas": schemas}),
         }
     )
 

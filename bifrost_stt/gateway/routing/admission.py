@@ -7,7 +7,6 @@ once, and with ``drop_excess_requests`` so is "no slot free". A stream holds its
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from dataclasses import replace
 
 from bifrost_stt.kernel.capabilities import Capabilities, ModelAware, StreamingTranscriber, Transcriber
@@ -115,7 +114,7 @@ class ProviderSlot:
             self._waiting -= 1
         return Lease(self._slots)
 
-    def keys_for(self, model: str, direct_key: str | None) -> list[KeyConfig]:
+    def keys_for(self, model: str, direct_key: Secret | None) -> list[KeyConfig]:
         """The keys one target may use; [] for a key-less provider. Raises when none is eligible.
 
         400 when enabled keys exist but none allows ``model`` (the client asked for a model this gateway
@@ -141,15 +140,15 @@ class ProviderSlot:
             )
         return allowed
 
-    def _direct(self, model: str, value: str) -> KeyConfig:
+    def _direct(self, model: str, value: Secret) -> KeyConfig:
         """The client's key, dressed in a configured key's endpoint and aliases (Azure needs both)."""
         keys = self.config.keys
         template = next((k for k in keys if k.allows(model)), None) or next(iter(keys), None)
         if template is None:
-            return KeyConfig(name=DIRECT_KEY_NAME, value=Secret(value))
-        return replace(template, name=DIRECT_KEY_NAME, value=Secret(value), models=("*",), enabled=True)
+            return KeyConfig(name=DIRECT_KEY_NAME, value=value)
+        return replace(template, name=DIRECT_KEY_NAME, value=value, models=("*",), enabled=True)
 
-    def secrets(self, extra: Iterable[str | None] = ()) -> tuple[str, ...]:
-        """Every key value this provider could have used, for scrubbing messages."""
-        values = [k.value.reveal() for k in self.config.keys] + [v for v in extra if v]
+    def secrets(self, direct_key: Secret | None = None) -> tuple[str, ...]:
+        """Every key value this provider could have used (the client's own included), for scrubbing."""
+        values = [k.value.reveal() for k in self.config.keys] + ([direct_key.reveal()] if direct_key else [])
         return tuple(v for v in values if v)

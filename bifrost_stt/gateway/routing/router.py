@@ -159,7 +159,7 @@ class Router:
         events, served, lease = await self._route(request, call, stream=True)
         slot = self.slots[served.provider]
         direct = request.direct_key if served.provider == request.provider else None
-        events.hold(lease, secrets=slot.secrets([direct]), provider=slot.reported)
+        events.hold(lease, secrets=slot.secrets(direct), provider=slot.reported)
         return events, served
 
     # -- policy -----------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ class Router:
     ) -> tuple[T, Served, Lease]:
         """One target: pick a key, admit, call; retry what is retryable. Every failed call is listed."""
         cfg, net = slot.config, slot.config.network
-        secrets = slot.secrets([request.direct_key])
+        secrets = slot.secrets(request.direct_key)
         try:
             keys = slot.keys_for(request.model, request.direct_key)
         except GatewayError as exc:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bifrost_stt.kernel.errors import ClientError, GatewayError
-from bifrost_stt.gateway.contract.form_schema import FILE_PLACEHOLDER, PlanCache, coerce, compile_plan, schema_error
+from bifrost_stt.gateway.contract.form_schema import FILE_PLACEHOLDER, coerce, compile_plan, plan_cache, schema_error
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -65,7 +65,7 @@ def test_errors_read_like_upstream() -> None:
 
 
 def test_cache_by_identity() -> None:
-    cache = PlanCache()
+    cache = plan_cache()
     assert cache.get(SCHEMA) is cache.get(SCHEMA)
     assert cache.get(dict(SCHEMA)) is not cache.get(SCHEMA)
 

@@ -265,13 +265,13 @@ async def test_direct_key_replaces_configured_keys_only_when_allowed_and_only_fo
     openai, groq = ScriptedProvider([upstream(500)]), ScriptedProvider()
     r = router((config(direct=True, keys=[key("conf", aliases={"whisper-1": "dep"})]), openai),
                (config("groq", direct=True), groq))
-    req = request(direct_key="sk-client-own-key", fallbacks=("groq/whisper-large-v3",))
+    req = request(direct_key=Secret("sk-client-own-key"), fallbacks=("groq/whisper-large-v3",))
     await r.transcribe(req)
     assert (openai.calls[0].key, openai.calls[0].value, openai.calls[0].model) == ("client-supplied", "sk-client-own-key", "dep")
     assert groq.calls[0].value == "sk-groq-k-secret-value"  # never the client's key at another vendor
 
     plain = ScriptedProvider()
-    await router((config(), plain)).transcribe(request(direct_key="sk-client-own-key"))
+    await router((config(), plain)).transcribe(request(direct_key=Secret("sk-client-own-key")))
     assert plain.calls[0].value == "sk-openai-k-secret-value"
 
 
