@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 import wave
 from dataclasses import replace
 from types import MappingProxyType
@@ -223,3 +224,32 @@ def test_audio_within_the_limits_goes_whole(run_gateway: Any, listener: FakeList
     assert response.status_code == 200, response.text
     assert "pieces" not in response.json()["extra_fields"]
     assert listener.requests[0].file.data == audio  # the client's own bytes, untouched
+
+
+def test_an_async_job_reports_pieces_done_while_it_runs(run_gateway: Any, listener: FakeListener, tmp_path: Any) -> None:
+    audio = speech_wav(SENTENCES, gap=GAP, lead=LEAD).read_bytes()
+    listener.voices, listener.latency_per_second = voices(), 0.04  # ~0.5 s per piece
+    base = config_with(listener.provider_config(timeout=30.0), job_store_path=str(tmp_path / "jobs.sqlite3"))
+    cfg = LongAudioConfig(min_piece_seconds=5.0, max_parallel_chunks=1,
+                          limits=MappingProxyType({"openai": AudioLimit(max_duration_seconds=14.0)}))
+    url = run_gateway(replace(base, long_audio=cfg))
+
+    submitted = httpx.post(url + "/v1/async/audio/transcriptions", data={"model": "openai/whisper-1"},
+                           files={"file": ("talk.wav", audio, "audio/wav")}, timeout=30)
+    assert submitted.status_code == 202, submitted.text
+    seen, deadline = [], time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = httpx.get(url + submitted.headers["location"], timeout=10).json()
+        if "progress" in job:
+            seen.append((job["progress"]["pieces_done"], job["progress"]["pieces_total"]))
+        if job["status"] in ("completed", "failed"):
+            break
+        time.sleep(0.05)
+
+    assert job["status"] == "completed", job
+    total = job["result"]["extra_fields"]["pieces"]
+    assert total == len(listener.pieces) >= 3
+    in_order_once(job["result"]["text"])
+    assert {t for _, t in seen} == {total}
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and len(set(done) & set(range(1, total))) >= 1, seen  # seen part-way through
