@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 import weakref
 from collections.abc import AsyncIterator
@@ -34,7 +35,7 @@ from starlette.types import Message, Receive, Scope
 
 from bifrost_stt.kernel import sniff
 from bifrost_stt.kernel.canonical import AudioSource, BytesAudio, FileAudio
-from bifrost_stt.kernel.errors import ClientError, GatewayError, PayloadTooLarge, UnsupportedMediaType
+from bifrost_stt.kernel.errors import ClientError, GatewayError, Overloaded, PayloadTooLarge, UnsupportedMediaType
 from bifrost_stt.gateway.contract.form_schema import FILE_PLACEHOLDER, Plan, coerce, plan_cache, schema_error
 from bifrost_stt.gateway.contract.schema_cache import SchemaCache
 
@@ -131,16 +132,19 @@ class _Spool:
     def write(self, chunk: memoryview) -> None:
         if len(self.head) < HEAD_BYTES:
             self.head += bytes(chunk[: HEAD_BYTES - len(self.head)])
-        if self.fd < 0 and self.size + len(chunk) > self._threshold:
-            fd, path = tempfile.mkstemp(prefix="bifrost-upload-", dir=self._dir)
-            os.unlink(path)  # nothing to clean up on disk, whatever happens next
-            self.fd = fd
-            for piece in self._pieces:
-                _write_all(fd, memoryview(piece))
-            self._pieces = []
-        if self.fd >= 0:
-            _write_all(self.fd, chunk)
-        else:
+        try:
+            if self.fd < 0 and self.size + len(chunk) > self._threshold:
+                fd, path = tempfile.mkstemp(prefix="bifrost-upload-", dir=self._dir)
+                os.unlink(path)  # nothing to clean up on disk, whatever happens next
+                self.fd = fd
+                for piece in self._pieces:
+                    _write_all(fd, memoryview(piece))
+                self._pieces = []
+            if self.fd >= 0:
+                _write_all(self.fd, chunk)
+        except OSError as exc:  # the disk filled up (or the directory went away) mid-upload
+            raise spool_failed(self._dir, exc) from None
+        if self.fd < 0:
             self._pieces.append(bytes(chunk))
         self.size += len(chunk)
 
@@ -157,6 +161,34 @@ class _Spool:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def spool_dir_name(spool_dir: str | None) -> str:
+    return spool_dir or tempfile.gettempdir()
+
+
+def spool_failed(spool_dir: str | None, exc: OSError) -> Overloaded:
+    """503 naming the spool directory; the partial file is unlinked already, so nothing is left behind."""
+    return Overloaded(
+        f"the upload could not be stored in the spool directory {spool_dir_name(spool_dir)} "
+        f"({exc.strerror or exc}); free space there or set client.spool_dir", code="spool_full",
+    )
+
+
+def check_room(declared: int, limits: UploadLimits) -> None:
+    """Refuse, before reading it, a body that would not fit in the spool directory's free space."""
+    if declared <= limits.spool_threshold_bytes:
+        return  # kept in memory
+    where = spool_dir_name(limits.spool_dir)
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError as exc:
+        raise spool_failed(limits.spool_dir, exc) from None
+    if declared > free:
+        raise Overloaded(
+            f"the upload ({declared} bytes) would not fit in the spool directory {where} "
+            f"({free} bytes free); free space there or set client.spool_dir", code="spool_full",
+        )
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -372,6 +404,7 @@ class MultipartFormValidator(AbstractRequestBodyValidator):
         headers = Headers(scope=scope)
         if _declared_length(headers.get("content-length")) > limits.max_body_bytes:
             raise _too_large(limits.max_body_bytes)  # before reading anything
+        check_room(_declared_length(headers.get("content-length")), limits)
         reader = _FormReader(_boundary(headers.get("content-type")), self.plans.get(self._schema), limits)
         try:
             received = 0

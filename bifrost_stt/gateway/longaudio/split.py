@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -41,7 +42,7 @@ from bifrost_stt.kernel.canonical import (
     TranscriptionRequest,
     TranscriptionResult,
 )
-from bifrost_stt.kernel.errors import GatewayError, PayloadTooLarge
+from bifrost_stt.kernel.errors import GatewayError, Overloaded, PayloadTooLarge
 from bifrost_stt.kernel.settings import LongAudioConfig
 
 log = logging.getLogger("bifrost_stt.longaudio")
@@ -144,10 +145,11 @@ class LongAudio:
 
 
 def _disk_error(exc: OSError, spool_dir: str | None) -> GatewayError:
-    where = spool_dir or "the temporary directory"
-    return GatewayError(
-        f"the gateway could not write the decoded audio to {where} ({exc.strerror or exc}); "
-        "free space there or set client.spool_dir", status=507, code="spool_full",
+    """503 naming the spool directory (the decoded audio and pieces are unlinked files: nothing is left)."""
+    return Overloaded(
+        f"the gateway could not write the decoded audio to the spool directory "
+        f"{spool_dir or tempfile.gettempdir()} ({exc.strerror or exc}); free space there or set client.spool_dir",
+        code="spool_full",
     )
 
 
