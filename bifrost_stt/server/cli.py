@@ -21,6 +21,7 @@ from typing import Any
 from bifrost_stt.gateway.config.load import CONFIG_ENV, OVERRIDES_ENV, ConfigError, apply_overrides, load_config
 from bifrost_stt.gateway.config.schema import LOG_LEVELS
 from bifrost_stt.kernel.settings import GatewayConfig
+from bifrost_stt.server import transcribe
 
 EXIT_CONFIG = 2  # same status argparse uses for a usage error
 APP_FACTORY = "bifrost_stt.server.app:app_factory"
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write nothing; exit 1 when the document's operations or schemas (prose aside) differ "
                       "from what upstream gives")
     sync.set_defaults(handler=_spec_sync)
+    transcribe.add_parser(commands)  # bifrost_stt.server.transcribe
     return parser
 
 
