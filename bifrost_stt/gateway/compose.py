@@ -67,4 +67,6 @@ class Gateway:
                 await client.aclose()
             except Exception:  # shutting down: a close failure must not hide the others
                 log.exception("closing an upstream client failed")
+        if self._router is not None and self._router.long_audio is not None:
+            self._router.long_audio.close()
         self._router = None

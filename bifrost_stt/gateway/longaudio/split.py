@@ -24,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from bifrost_stt.gateway.longaudio import encode, probe
 from bifrost_stt.gateway.longaudio.cuts import Piece, plan
@@ -47,6 +49,7 @@ from bifrost_stt.kernel.settings import LongAudioConfig
 
 log = logging.getLogger("bifrost_stt.longaudio")
 S = TypeVar("S")
+T = TypeVar("T")
 DURATION_MARGIN = 0.95  # a piece is at most this share of a duration cap (caps are approximate: "~1,400 s")
 PROMPT_TAIL_CHARS = 200
 
@@ -73,6 +76,18 @@ class LongAudio:
     def __init__(self, config: LongAudioConfig, *, spool_dir: str | None = None) -> None:
         self.config = config
         self.spool_dir = spool_dir
+        # Decoding and encoding are CPU work: a few threads of their own (not the loop's default executor),
+        # as many as there are cores. More would not be faster, and each thread that runs FFmpeg keeps its
+        # own malloc arena (several MB of resident memory apiece).
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
+                                        thread_name_prefix="bifrost-stt-longaudio")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the long-audio threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def prepare(
         self, request: TranscriptionRequest, chain: Sequence[tuple[str, str, Capabilities | None]]
@@ -94,7 +109,7 @@ class LongAudio:
             return None  # an AudioSource we cannot read blocking: sent whole, the provider decides
         if not too_big:
             try:
-                seconds = await asyncio.to_thread(probe.duration, source)
+                seconds = await self.run(probe.duration, source)
             except probe.Undecodable:
                 return None  # not audio PyAV knows: the provider decides, as for any request
             assert primary.max_seconds is not None
@@ -102,7 +117,7 @@ class LongAudio:
                 return None
             source = probe.readable(audio)
         try:
-            pcm = await asyncio.to_thread(probe.decode, source, self.spool_dir)
+            pcm = await self.run(probe.decode, source, self.spool_dir)
         except probe.Undecodable as exc:
             if too_big:
                 assert primary.max_bytes is not None
@@ -190,7 +205,7 @@ class Split:
     async def _one(self, piece: Piece, call: Call[S], previous: str | None) -> tuple[TranscriptionResult, S]:
         owner = self._owner
         try:
-            audio = await asyncio.to_thread(encode.encode, self.pcm, piece.start, piece.end,
+            audio = await owner.run(encode.encode, self.pcm, piece.start, piece.end,
                                             owner.config.piece_format, piece.index, owner.spool_dir)
         except OSError as exc:
             raise _disk_error(exc, owner.spool_dir) from None
