@@ -141,6 +141,7 @@ class LongAudioConfig:
     search_window_seconds: float = 20.0  # how far before a piece's end to look for the quietest stretch
     min_piece_seconds: float = 60.0  # pieces are not made shorter than this to gain parallelism
     carry_prompt: bool = False  # piece n+1's prompt ends with piece n's text (pieces then go one at a time)
+    max_audio_seconds: float = 6 * 3600.0  # longer audio is refused (413): its decoded samples take disk
     # "provider" or "provider/model" -> limits replacing the declared capabilities
     limits: Mapping[str, AudioLimit] = field(default_factory=lambda: MappingProxyType({}))
 

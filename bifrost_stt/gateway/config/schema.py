@@ -154,6 +154,7 @@ LONG_AUDIO: Mapping[str, Field] = {
     "search_window_seconds": Field(positive_number),
     "min_piece_seconds": Field(positive_number),
     "carry_prompt": Field(boolean),
+    "max_audio_seconds": Field(positive_number),
     "limits": Field(map_of(section(AUDIO_LIMIT))),  # "provider" or "provider/model" -> limits
 }
 

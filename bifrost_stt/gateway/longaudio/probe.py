@@ -27,6 +27,10 @@ class Undecodable(Exception):
     """The upload could not be decoded (not audio PyAV knows, or corrupt)."""
 
 
+class TooLong(Exception):
+    """The audio decodes to more than the gateway takes (``long_audio.max_audio_seconds``)."""
+
+
 class _PreadFile(io.RawIOBase):
     """A read-only, seekable file object over a spooled upload's descriptor; never moves the shared offset."""
 
@@ -113,11 +117,14 @@ class Pcm:
         self.close()
 
 
-def decode(source: Any, spool_dir: str | None) -> Pcm:
+def decode(source: Any, spool_dir: str | None, max_seconds: float | None = None) -> Pcm:
     """Decode the first audio stream to 16 kHz mono s16 in an unlinked temporary file, in one pass.
 
     A disk that fills up raises ``OSError`` and leaves nothing behind (the file was unlinked at birth).
+    Audio longer than ``max_seconds`` raises ``TooLong`` as soon as it gets there: a small, very compressed
+    upload must not fill the disk with its decoded samples.
     """
+    limit = None if max_seconds is None else int(max_seconds * RATE) * SAMPLE_BYTES
     fd, path = tempfile.mkstemp(prefix="bifrost-pcm-", dir=spool_dir)
     os.unlink(path)
     written = 0
@@ -131,6 +138,8 @@ def decode(source: Any, spool_dir: str | None) -> Pcm:
                 for frame in container.decode(streams[0]):
                     for out in resampler.resample(frame):
                         written += _write(fd, out)
+                    if limit is not None and written > limit:
+                        raise TooLong()
                 for out in resampler.resample(None):
                     written += _write(fd, out)
             except av.FFmpegError as exc:

@@ -117,7 +117,12 @@ class LongAudio:
                 return None
             source = probe.readable(audio)
         try:
-            pcm = await self.run(probe.decode, source, self.spool_dir)
+            pcm = await self.run(probe.decode, source, self.spool_dir, self.config.max_audio_seconds)
+        except probe.TooLong:
+            raise PayloadTooLarge(
+                f"the audio is longer than the {self.config.max_audio_seconds:g} s this gateway splits "
+                "(long_audio.max_audio_seconds)", param="file", code="audio_too_long",
+            ) from None
         except probe.Undecodable as exc:
             if too_big:
                 assert primary.max_bytes is not None

@@ -253,3 +253,14 @@ def test_an_async_job_reports_pieces_done_while_it_runs(run_gateway: Any, listen
     assert {t for _, t in seen} == {total}
     done = [d for d, _ in seen]
     assert done == sorted(done) and len(set(done) & set(range(1, total))) >= 1, seen  # seen part-way through
+
+
+def test_audio_longer_than_the_gateway_splits_is_refused(run_gateway: Any, listener: FakeListener) -> None:
+    audio = speech_wav(SENTENCES, gap=GAP, lead=LEAD).read_bytes()
+    url = gateway(run_gateway, listener, max_audio_seconds=20.0, limits={"openai": AudioLimit(max_duration_seconds=14.0)})
+
+    response = post(url, audio)
+
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "audio_too_long" and "20 s" in response.json()["error"]["message"]
+    assert listener.pieces == []
