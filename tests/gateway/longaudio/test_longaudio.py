@@ -264,3 +264,20 @@ def test_audio_longer_than_the_gateway_splits_is_refused(run_gateway: Any, liste
     assert response.status_code == 413, response.text
     assert response.json()["error"]["code"] == "audio_too_long" and "20 s" in response.json()["error"]["message"]
     assert listener.pieces == []
+
+
+def test_without_timings_an_overlap_loses_the_words_it_repeats(run_gateway: Any, listener: FakeListener) -> None:
+    seconds = 40.0
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(RATE)
+        w.writeframes(chirp(seconds).tobytes())
+    listener.mode = "chirp"
+    url = gateway(run_gateway, listener, max_parallel_chunks=8,
+                  limits={"openai/gpt-4o-transcribe": AudioLimit(max_duration_seconds=12.0)})
+
+    response = post(url, out.getvalue(), model="openai/gpt-4o-transcribe")  # json only: no timings to go by
+
+    assert response.status_code == 200, response.text
+    assert all(request.field("response_format") == "json" for request in listener.requests)
+    assert response.json()["text"].split() == [f"t{n}" for n in range(int(seconds))]
