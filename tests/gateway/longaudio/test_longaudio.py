@@ -281,3 +281,58 @@ def test_without_timings_an_overlap_loses_the_words_it_repeats(run_gateway: Any,
     assert response.status_code == 200, response.text
     assert all(request.field("response_format") == "json" for request in listener.requests)
     assert response.json()["text"].split() == [f"t{n}" for n in range(int(seconds))]
+
+
+@pytest.mark.parametrize("vendor,model", [
+    ("groq", "whisper-large-v3"), ("deepgram", "nova-3"), ("elevenlabs", "scribe_v1"),
+    ("gemini", "gemini-2.5-flash"), ("mistral", "voxtral-mini-latest"),
+    ("huggingface", "openai/whisper-large-v3"), ("vllm", "whisper-small"), ("fireworks", "whisper-v3"),
+])
+def test_every_provider_takes_pieces(run_gateway: Any, request: pytest.FixtureRequest, vendor: str, model: str) -> None:
+    fake = request.getfixturevalue(f"fake_{vendor}")
+    audio = speech_wav(SENTENCES, gap=GAP, lead=LEAD).read_bytes()
+    base = config_with(fake.provider_config(timeout=30.0))
+    cfg = LongAudioConfig(min_piece_seconds=5.0, max_parallel_chunks=3,
+                          limits=MappingProxyType({vendor: AudioLimit(max_duration_seconds=14.0)}))
+    url = run_gateway(replace(base, long_audio=cfg))
+
+    response = post(url, audio, model=f"{vendor}/{model}")
+
+    assert response.status_code == 200, response.text
+    pieces = response.json()["extra_fields"]["pieces"]
+    assert pieces >= 3 and len(fake.requests) == pieces
+    assert all(len(r.body) < len(audio) / 2 for r in fake.requests)  # each piece, not the whole file
+    one = fake.transcript.strip()
+    assert response.json()["text"].count(one) == pieces
+
+
+def test_pieces_carry_language_prompt_and_temperature(run_gateway: Any, listener: FakeListener) -> None:
+    audio = speech_wav(SENTENCES, gap=GAP, lead=LEAD).read_bytes()
+    listener.voices = voices()
+    url = gateway(run_gateway, listener, max_parallel_chunks=3, limits={"openai": AudioLimit(max_duration_seconds=14.0)})
+
+    response = httpx.post(url + "/openai/v1/audio/transcriptions", files={"file": ("talk.wav", audio)},
+                          data={"model": "whisper-1", "language": "en", "prompt": "Notes.", "temperature": "0.2"},
+                          timeout=60)
+
+    assert response.status_code == 200, response.text
+    assert len(listener.requests) >= 3
+    for piece in listener.requests:
+        assert (piece.field("language"), piece.field("prompt"), piece.field("temperature")) == ("en", "Notes.", "0.2")
+        assert piece.file is not None and piece.file.filename.startswith("piece-") and piece.file.data[:4] == b"fLaC"
+
+
+def test_carry_prompt_gives_each_piece_the_end_of_the_previous_text(run_gateway: Any, listener: FakeListener) -> None:
+    audio = speech_wav(SENTENCES, gap=GAP, lead=LEAD).read_bytes()
+    listener.voices = voices()
+    url = gateway(run_gateway, listener, carry_prompt=True, limits={"openai": AudioLimit(max_duration_seconds=14.0)})
+
+    response = post(url, audio, prompt="Notes.")
+
+    assert response.status_code == 200, response.text
+    prompts = [r.field("prompt") for r in listener.requests]
+    assert prompts[0] == "Notes." and len(prompts) >= 3
+    for before, prompt in zip(listener.requests, prompts[1:]):  # one at a time: arrival order is audio order
+        heard = " ".join(t for _, _, t in listener.hear(decode(before.file.data)))
+        assert prompt == f"Notes. {heard[-200:]}"
+    in_order_once(response.json()["text"])
