@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from bifrost_stt.gateway.longaudio import encode, probe
 from bifrost_stt.gateway.longaudio.cuts import Piece, plan
 from bifrost_stt.gateway.longaudio.stitch import join_text, stitch, sum_usage
-from bifrost_stt.kernel import progress
+from bifrost_stt.kernel import progress, record
 from bifrost_stt.kernel.capabilities import Capabilities
 from bifrost_stt.kernel.canonical import (
     FileAudio,
@@ -231,6 +231,9 @@ class Split:
         among those that failed) is raised after every other piece is cancelled.
         """
         total = len(self.pieces)
+        current = record.current()
+        if current is not None:
+            current.pieces = total
         progress.report(0, total)
         if self.parallel == 1:
             previous: str | None = None
