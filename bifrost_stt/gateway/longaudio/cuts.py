@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from bifrost_stt.gateway.longaudio.piece import Piece
+
 STRETCH = 0.1  # seconds over which energy is measured
 HOP = 0.01  # seconds between measured stretches
 SILENT_DBFS = -50.0  # quieter than this is a pause, whatever the rest sounds like
@@ -29,30 +31,6 @@ QUIET_BELOW_MEDIAN_DB = 20.0  # or this much quieter than the window's median st
 TIE_DB = 1.0  # stretches within this of the quietest are as good as it
 
 Reader = Callable[[int, int], "np.ndarray[Any, np.dtype[np.int16]]"]
-
-
-@dataclass(frozen=True, slots=True)
-class Piece:
-    index: int
-    start: int  # first sample sent
-    end: int  # one past the last sample sent
-    keep_from: float  # seconds in the whole file: what the piece heard before this belongs to the previous one
-    keep_to: float  # seconds: what it heard from here on belongs to the next one
-    overlap_before: bool = False
-    overlap_after: bool = False
-
-    def offset(self, rate: int) -> float:
-        return self.start / rate
-
-    def span(self, rate: int) -> str:
-        """``12:00.0–24:31.5``, for errors and logs."""
-        return f"{clock(self.start / rate)}–{clock(self.end / rate)}"
-
-
-def clock(seconds: float) -> str:
-    minutes, rest = divmod(max(0.0, seconds), 60.0)
-    hours, minutes = divmod(int(minutes), 60)
-    return f"{hours}:{minutes:02d}:{rest:04.1f}" if hours else f"{minutes}:{rest:04.1f}"
 
 
 @dataclass(frozen=True, slots=True)

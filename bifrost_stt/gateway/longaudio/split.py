@@ -29,14 +29,14 @@ import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from bifrost_stt.gateway.longaudio import encode, probe
-from bifrost_stt.gateway.longaudio.cuts import Piece, plan
+from bifrost_stt.gateway.longaudio.piece import Piece
 from bifrost_stt.gateway.longaudio.stitch import join_text, stitch, sum_usage
 from bifrost_stt.kernel import progress, record
 from bifrost_stt.kernel.capabilities import Capabilities
 from bifrost_stt.kernel.canonical import (
+    BytesAudio,
     FileAudio,
     StreamDelta,
     StreamDone,
@@ -46,6 +46,9 @@ from bifrost_stt.kernel.canonical import (
 )
 from bifrost_stt.kernel.errors import GatewayError, Overloaded, PayloadTooLarge
 from bifrost_stt.kernel.settings import LongAudioConfig
+
+if TYPE_CHECKING:  # PyAV and numpy (~30 MB resident) are imported on first use, not with the gateway
+    from bifrost_stt.gateway.longaudio.probe import Pcm
 
 log = logging.getLogger("bifrost_stt.longaudio")
 S = TypeVar("S")
@@ -104,9 +107,11 @@ class LongAudio:
         too_big = primary.max_bytes is not None and audio.size > primary.max_bytes
         if not too_big and primary.max_seconds is None:
             return None
-        source = probe.readable(audio)
-        if source is None:
+        if not isinstance(audio, (FileAudio, BytesAudio)):
             return None  # an AudioSource we cannot read blocking: sent whole, the provider decides
+        from bifrost_stt.gateway.longaudio import probe  # PyAV: loaded by the first request that needs it
+
+        source = probe.readable(audio)
         if not too_big:
             try:
                 seconds = await self.run(probe.duration, source)
@@ -146,7 +151,10 @@ class LongAudio:
                  primary.provider, primary.model, len(pieces))
         return Split(self, request, pcm, pieces)
 
-    def _plan(self, pcm: probe.Pcm, targets: Sequence[Target]) -> list[Piece]:
+    def _plan(self, pcm: Pcm, targets: Sequence[Target]) -> list[Piece]:
+        from bifrost_stt.gateway.longaudio import encode
+        from bifrost_stt.gateway.longaudio.cuts import plan
+
         cfg = self.config
         max_piece = math.inf
         for target in targets:
@@ -176,7 +184,7 @@ def _disk_error(exc: OSError, spool_dir: str | None) -> GatewayError:
 class Split:
     """One request's pieces; ``close`` frees the decoded audio (``async with`` does it)."""
 
-    def __init__(self, owner: LongAudio, request: TranscriptionRequest, pcm: probe.Pcm, pieces: list[Piece]) -> None:
+    def __init__(self, owner: LongAudio, request: TranscriptionRequest, pcm: Pcm, pieces: list[Piece]) -> None:
         self._owner = owner
         self.request = request
         self.pcm = pcm
@@ -208,6 +216,8 @@ class Split:
                        timestamp_granularities=asked, stream=False, file_format=None)
 
     async def _one(self, piece: Piece, call: Call[S], previous: str | None) -> tuple[TranscriptionResult, S]:
+        from bifrost_stt.gateway.longaudio import encode
+
         owner = self._owner
         try:
             audio = await owner.run(encode.encode, self.pcm, piece.start, piece.end,

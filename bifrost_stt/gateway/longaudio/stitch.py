@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-from bifrost_stt.gateway.longaudio.cuts import Piece
+from bifrost_stt.gateway.longaudio.piece import Piece
 from bifrost_stt.kernel.canonical import Segment, TranscriptionResult, Usage, Word
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
