@@ -336,3 +336,18 @@ def test_carry_prompt_gives_each_piece_the_end_of_the_previous_text(run_gateway:
         heard = " ".join(t for _, _, t in listener.hear(decode(before.file.data)))
         assert prompt == f"Notes. {heard[-200:]}"
     in_order_once(response.json()["text"])
+
+
+def test_opus_pieces(run_gateway: Any, listener: FakeListener) -> None:
+    audio = speech_wav(SENTENCES, gap=GAP, lead=LEAD).read_bytes()
+    listener.voices, listener.max_seconds = voices(), 14.0
+    url = gateway(run_gateway, listener, max_parallel_chunks=3, piece_format="opus",
+                  limits={"openai": AudioLimit(max_duration_seconds=14.0)})
+
+    response = post(url, audio, response_format="verbose_json")
+
+    assert response.status_code == 200, response.text
+    assert listener.violations == []
+    assert all(r.file is not None and r.file.data[:4] == b"OggS" and r.file.filename.endswith(".ogg")
+               for r in listener.requests)
+    assert [s["text"].strip() for s in response.json()["segments"]] == SENTENCES
