@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -10,9 +11,11 @@ from connexion import context
 
 from bifrost_stt.kernel.canonical import AudioSource, TranscriptionRequest
 from bifrost_stt.kernel.errors import ClientError
+from bifrost_stt.kernel.languages import parse_language
 from bifrost_stt.kernel.settings import Secret
-from bifrost_stt.gateway.routing.models import resolve_model
+from bifrost_stt.gateway.routing.models import resolve_model, split_model
 from bifrost_stt.gateway.contract.multipart import ParsedForm, parsed_form
+from bifrost_stt.gateway.contract.operations import READ_FIELDS
 from bifrost_stt.gateway.compose import Gateway
 
 
@@ -63,6 +66,27 @@ def _text(fields: Mapping[str, Any], name: str) -> str | None:
     return None if value is None else str(value)
 
 
+def _declared_extras(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Fields the contract declares that no canonical field holds: validated, then passed on as sent."""
+    out: list[tuple[str, str]] = []
+    for name, value in fields.items():
+        if name in READ_FIELDS or value is None:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, bool):
+                text = "true" if item else "false"
+            else:
+                text = json.dumps(item) if isinstance(item, (dict, list)) else str(item)
+            out.append((f"{name}[]" if isinstance(value, list) else name, text))
+    return out
+
+
+def _language(fields: Mapping[str, Any]) -> str | None:
+    """The client's language as a normalised tag ("en", "en-US"); an unknown code is a 400 naming it."""
+    value = _text(fields, "language")
+    return parse_language(value).tag if value and value.strip() else None
+
+
 def build_request(
     gateway: Gateway,
     form: ParsedForm,
@@ -81,14 +105,16 @@ def build_request(
     if deployment is not None:
         # Azure route: the deployment in the path wins over the form's model.
         original = deployment
+        default, deployment = gateway.bare_model(deployment, "azure")  # zero config: the local engine
         provider, name = resolve_model(
-            f"azure/{deployment}", known=known, configured=configured, default_provider="azure"
+            f"{default}/{deployment}", known=known, configured=configured, default_provider=default
         )
     else:
         original = model
-        provider, name = resolve_model(
-            model, known=known, configured=configured, default_provider=route.default_provider
-        )
+        default = route.default_provider
+        if model.strip() and split_model(model.strip(), known)[0] is None:
+            default, model = gateway.bare_model(model.strip(), default)  # zero config: the local engine
+        provider, name = resolve_model(model, known=known, configured=configured, default_provider=default)
     fallbacks = []
     for raw in fields.get("fallbacks") or []:
         fb_provider, fb_model = resolve_model(
@@ -103,7 +129,7 @@ def build_request(
         provider=provider,
         model=name,
         audio=audio,
-        language=_text(fields, "language"),
+        language=_language(fields),
         prompt=_text(fields, "prompt"),
         response_format=_text(fields, "response_format") or "json",
         temperature=float(temperature) if temperature is not None else None,
@@ -111,7 +137,7 @@ def build_request(
         stream=bool(fields.get("stream") or False),
         file_format=_text(fields, "file_format"),
         fallbacks=tuple(fallbacks),
-        extra=tuple(form.extra),
+        extra=(*form.extra, *_declared_extras(fields)),
         direct_key=_direct_key(headers, route),
     )
     return request, original

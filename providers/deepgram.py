@@ -37,6 +37,7 @@ import httpx
 
 from bifrost_stt.kernel import sniff
 from bifrost_stt.kernel.canonical import Segment, TranscriptionRequest, TranscriptionResult, Usage, Word
+from bifrost_stt.kernel.languages import language_of
 from bifrost_stt.kernel.errors import ClientError, UpstreamError, UpstreamUnavailable, scrub
 from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig
 from bifrost_stt.kernel.capabilities import Attempt, Capabilities
@@ -98,8 +99,9 @@ def to_wire_query(request: TranscriptionRequest, model: str) -> list[tuple[str, 
     query: list[tuple[str, str]] = [("model", model)]
     if "smart_format" not in given:
         query.append(("smart_format", "true"))
-    if request.language:
-        query.append(("language", request.language))
+    language = language_of(request.language)
+    if language is not None:
+        query.append(("language", language.tag))  # BCP-47: "en", "en-US"
     term = "keyterm" if uses_keyterm(model) else "keywords"
     query.extend((term, t) for t in to_key_terms(request.prompt))
     grans = request.timestamp_granularities

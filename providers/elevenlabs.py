@@ -14,8 +14,9 @@ Decisions, and why:
   "(laughter)" included unless ``tag_audio_events=false``). Multichannel answers (``transcripts[]``) are joined:
   texts line by line, words in time order, a word's speaker falling back to ``channel_<n>``.
 - Language. The contract's ``language`` is ISO-639-1, as in the request field; ElevenLabs answers ISO-639-3
-  ("eng"), mapped with ``ISO_639_1`` (codes it does not list pass through unchanged). OpenAI's verbose_json
-  says "english" instead. The request's ``language`` goes out as ``language_code`` (both code sets accepted).
+  ("eng"), mapped back with ``bifrost_stt.kernel.languages`` (codes it does not list pass through unchanged).
+  OpenAI's verbose_json says "english" instead. The request's ``language`` goes out as ``language_code`` in
+  ElevenLabs' own ISO-639-3 form ("en" -> "eng").
 - Usage. ElevenLabs bills audio duration: ``Usage(type="duration", seconds=ceil(audio_duration_secs))`` when
   the answer carries it. Logprobs: ``include[]=logprobs`` (OpenAI's switch) is translated, not refused: the
   word and spacing items' ``logprob`` become canonical logprobs whose tokens concatenate to the text.
@@ -35,6 +36,7 @@ import httpx
 import orjson
 
 from bifrost_stt.kernel.canonical import Logprob, TranscriptionRequest, TranscriptionResult, Usage, Word
+from bifrost_stt.kernel.languages import language_of, to_iso_639_1
 from bifrost_stt.kernel.errors import ClientError, GatewayError, UpstreamUnavailable
 from bifrost_stt.kernel.settings import ProviderConfig
 from bifrost_stt.kernel.capabilities import Attempt, Capabilities
@@ -58,18 +60,6 @@ PASSTHROUGH = frozenset({
 QUERY_FIELDS = frozenset({"enable_logging"})
 FILE_FORMATS = frozenset({"pcm_s16le_16", "other"})  # ElevenLabs' own file_format values
 
-# ISO-639-3 (and -2/B) codes ElevenLabs answers -> ISO-639-1.
-ISO_639_1: Mapping[str, str] = {three: one for three, _, one in (pair.partition(":") for pair in (
-    "afr:af amh:am ara:ar hye:hy arm:hy asm:as aze:az bel:be ben:bn bos:bs bul:bg mya:my bur:my cat:ca "
-    "nya:ny hrv:hr ces:cs cze:cs dan:da nld:nl dut:nl eng:en est:et fin:fi fra:fr fre:fr ful:ff glg:gl "
-    "lug:lg kat:ka geo:ka deu:de ger:de ell:el gre:el guj:gu hau:ha heb:he hin:hi hun:hu isl:is ice:is "
-    "ibo:ig ind:id gle:ga ita:it jpn:ja jav:jv kan:kn kaz:kk khm:km kor:ko kur:ku kir:ky lao:lo lav:lv "
-    "lin:ln lit:lt ltz:lb mkd:mk mac:mk msa:ms may:ms mal:ml mlt:mt cmn:zh zho:zh chi:zh mri:mi mao:mi "
-    "mar:mr mon:mn nep:ne nor:no nob:nb nno:nn oci:oc ori:or pus:ps fas:fa per:fa pol:pl por:pt pan:pa "
-    "ron:ro rum:ro rus:ru srp:sr sna:sn snd:sd slk:sk slo:sk slv:sl som:so spa:es swa:sw swe:sv tam:ta "
-    "tgk:tg tel:te tha:th tur:tr ukr:uk urd:ur uzb:uz vie:vi cym:cy wel:cy wol:wo xho:xh zul:zu sqi:sq "
-    "alb:sq eus:eu baq:eu tgl:tl yor:yo bak:ba bre:br fao:fo hat:ht yid:yi tat:tt tuk:tk bod:bo"
-).split())}
 
 # ------------------------------------------------------------------------------------------ to wire
 
@@ -94,8 +84,9 @@ def to_wire_fields(request: TranscriptionRequest, model: str) -> tuple[list[tupl
             param=unknown[0],
         )
     fields: list[tuple[str, str]] = [("model_id", model)]
-    if request.language:
-        fields.append(("language_code", request.language))
+    language = language_of(request.language)
+    if language is not None:
+        fields.append(("language_code", language.alpha_3))  # ElevenLabs' own code form: "eng"
     if request.temperature is not None:
         fields.append(("temperature", repr(float(request.temperature))))
     names = {n for n, _ in extra}
@@ -112,9 +103,7 @@ def to_wire_fields(request: TranscriptionRequest, model: str) -> tuple[list[tupl
 
 def to_language(code: Any) -> str | None:
     """ISO-639-1 for ElevenLabs' ISO-639-3 code; unknown codes unchanged; None for none."""
-    if not isinstance(code, str) or not code:
-        return None
-    return ISO_639_1.get(code.lower(), code)
+    return to_iso_639_1(code)
 
 
 def to_words(items: Sequence[Any], channel: int | None = None) -> tuple[Word, ...]:

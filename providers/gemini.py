@@ -42,6 +42,7 @@ from bifrost_stt.kernel.canonical import (
     TranscriptionResult,
     Usage,
 )
+from bifrost_stt.kernel.languages import language_of
 from bifrost_stt.kernel.errors import ClientError, PayloadTooLarge, UpstreamError, UpstreamUnavailable, scrub
 from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig
 from bifrost_stt.kernel.capabilities import Attempt, Capabilities
@@ -84,8 +85,10 @@ _FINISHED_OK = frozenset({"STOP", "MAX_TOKENS", "FINISH_REASON_UNSPECIFIED"})
 def to_instruction(request: TranscriptionRequest) -> str:
     """The text part: the client's prompt or our default instruction, plus the language when given."""
     text = request.prompt.strip() if request.prompt and request.prompt.strip() else DEFAULT_INSTRUCTION
-    if request.language:
-        text += f"\n\nThe speech is in the language with code {request.language!r}; transcribe it in that language."
+    language = language_of(request.language)
+    if language is not None:
+        text += (f"\n\nThe speech is in {language.name} (language code {language.tag}); "
+                 "transcribe it in that language.")
     return text
 
 

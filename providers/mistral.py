@@ -45,6 +45,7 @@ from bifrost_stt.kernel.canonical import (
     Usage,
     Word,
 )
+from bifrost_stt.kernel.languages import language_of
 from bifrost_stt.kernel.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
 from bifrost_stt.kernel.settings import ProviderConfig
 from bifrost_stt.kernel.capabilities import Attempt, Capabilities
@@ -89,8 +90,9 @@ def to_wire_fields(request: TranscriptionRequest, model: str, *, stream: bool) -
             param="language",
         )
     fields: list[tuple[str, str]] = [("model", model)]
-    if request.language:
-        fields.append(("language", request.language))
+    language = language_of(request.language)
+    if language is not None:
+        fields.append(("language", language.code))
     if request.temperature is not None:
         fields.append(("temperature", repr(float(request.temperature))))
     fields.extend(("timestamp_granularities", g) for g in granularities)

@@ -34,6 +34,7 @@ from bifrost_stt.kernel.canonical import (
     Usage,
     Word,
 )
+from bifrost_stt.kernel.languages import language_of
 from bifrost_stt.kernel.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
 from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig
 from bifrost_stt.kernel.capabilities import Attempt, Capabilities, ConfigSpec, KeySection
@@ -63,6 +64,11 @@ def bearer(key: KeyConfig | None) -> dict[str, str]:
     return {"authorization": f"Bearer {key.value.reveal()}"} if key is not None and key.value else {}
 
 
+def gpt4o_diarize(model: str) -> bool:
+    """gpt-4o-transcribe-diarize (and dated variants): speaker-labelled diarized_json."""
+    return gpt4o_transcribe(model) and "diarize" in model.rsplit("/", 1)[-1].lower()
+
+
 def gpt4o_transcribe(model: str) -> bool:
     """The gpt-4o(-mini)-transcribe family (dated and -diarize variants too) streams; whisper-1 does not."""
     name = model.rsplit("/", 1)[-1].lower()
@@ -75,8 +81,9 @@ def gpt4o_transcribe(model: str) -> bool:
 def to_wire_fields(request: TranscriptionRequest, model: str, *, stream: bool) -> list[tuple[str, str]]:
     """Multipart text fields in wire order: model first, then the options set, then passthrough extras."""
     fields: list[tuple[str, str]] = [("model", model)]
-    if request.language:
-        fields.append(("language", request.language))
+    language = language_of(request.language)
+    if language is not None:
+        fields.append(("language", language.code))  # OpenAI takes ISO-639-1 only ("en", not "en-US")
     if request.prompt:
         fields.append(("prompt", request.prompt))
     if request.response_format:
@@ -134,9 +141,17 @@ def _speaker(data: Mapping[str, Any]) -> str | None:
     return None if value is None else str(value)
 
 
+def _segment_id(i: int, value: Any) -> int:
+    """Whisper numbers segments; a diarized answer names them ("seg_0"): those keep their position."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return i
+
+
 def to_segment(i: int, data: Mapping[str, Any]) -> Segment:
     return Segment(
-        id=int(data.get("id", i)),
+        id=_segment_id(i, data.get("id", i)),
         start=float(data.get("start", 0.0)),
         end=float(data.get("end", 0.0)),
         text=str(data.get("text") or ""),
@@ -309,6 +324,18 @@ GPT4O_TRANSCRIBE = Capabilities(
 )
 AZURE_GPT4O_TRANSCRIBE = replace(GPT4O_TRANSCRIBE, max_duration_s=1500.0)
 
+# gpt-4o-transcribe-diarize: json, text and its own diarized_json (speaker-labelled segments); it streams.
+GPT4O_DIARIZE = replace(
+    GPT4O_TRANSCRIBE, native_formats=frozenset({"json", "text", "diarized_json"}), diarization=True
+)
+
+
+def _openai_model_capabilities(model: str) -> Capabilities | None:
+    if gpt4o_diarize(model):
+        return GPT4O_DIARIZE
+    return GPT4O_TRANSCRIBE if gpt4o_transcribe(model) else None
+
+
 OPENAI = Vendor(
     default_base_url="https://api.openai.com",
     url_for=lambda base, attempt: join_url(base, "/v1/audio/transcriptions", "openai"),
@@ -317,7 +344,7 @@ OPENAI = Vendor(
         native_formats=ALL_FORMATS, native_stream=True, word_timestamps=True, segment_timestamps=True, max_file_mb=25
     ),
     streams=gpt4o_transcribe,
-    model_capabilities=lambda model: GPT4O_TRANSCRIBE if gpt4o_transcribe(model) else None,
+    model_capabilities=_openai_model_capabilities,
 )
 
 GROQ = Vendor(

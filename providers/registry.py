@@ -35,6 +35,7 @@ PROVIDERS: Mapping[str, str] = MappingProxyType(
         "fireworks": "bifrost_stt.providers.openai_family:create_fireworks",
         "gemini": "bifrost_stt.providers.gemini:create",
         "deepgram": "bifrost_stt.providers.deepgram:create",
+        "local": "bifrost_stt.providers.local:create",
     }
 )
 

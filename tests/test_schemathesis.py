@@ -76,6 +76,10 @@ WAV = wav_bytes(0.1)
 UNIFIED_MODELS = ("openai/whisper-1", "groq/whisper-large-v3", "azure/whisper", "openai/gpt-4o-mini-transcribe")
 INTEGRATION_MODELS = ("whisper-1", "openai/whisper-1", "groq/whisper-large-v3-turbo", "gpt-4o-transcribe")
 DEPLOYMENTS = ("whisper", "gpt-4o-mini-transcribe")
+# diarized_json is served only by models that label speakers: a schema-valid request for it naming whisper-1
+# is rightly a 400 (the contract cannot say which models diarize), so those cases name a diarizing model.
+DIARIZING = {"unified": ("openai/gpt-4o-transcribe-diarize",), "integration": ("gpt-4o-transcribe-diarize",),
+             "deployment": ("gpt-4o-transcribe-diarize",)}
 _turn = itertools.count()
 
 
@@ -92,8 +96,11 @@ def _make_served(case: schemathesis.Case) -> None:
         choice = _served(options)
         return choice if plain or "gpt-4o" not in choice else options[0]
 
+    diarized = isinstance(case.body, dict) and case.body.get("response_format") == "diarized_json"
     if isinstance(case.body, dict):
         models = UNIFIED_MODELS if case.operation.path.startswith("/v1/") else INTEGRATION_MODELS
+        if diarized:
+            models = DIARIZING["unified" if case.operation.path.startswith("/v1/") else "integration"]
         if "model" in case.body:
             case.body["model"] = pick(models)
         if "file" in case.body:
@@ -101,7 +108,7 @@ def _make_served(case: schemathesis.Case) -> None:
         if isinstance(case.body.get("fallbacks"), list):
             case.body["fallbacks"] = [_served(models) for _ in case.body["fallbacks"]]
     if case.path_parameters and "deployment-id" in case.path_parameters:
-        case.path_parameters["deployment-id"] = pick(DEPLOYMENTS)
+        case.path_parameters["deployment-id"] = pick(DIARIZING["deployment"] if diarized else DEPLOYMENTS)
     if case.operation.path == "/v1/async/audio/transcriptions" and isinstance(case.body, dict):
         # The document's own description: "Streaming is not supported" (a 400, as upstream); its schema,
         # shared with the unified route, cannot say so.

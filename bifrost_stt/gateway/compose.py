@@ -14,6 +14,7 @@ from bifrost_stt.gateway.jobs.runner import JobRunner
 from bifrost_stt.gateway.longaudio import LongAudio
 from bifrost_stt.gateway.routing.admission import ProviderSlot
 from bifrost_stt.gateway.routing.router import Router
+from bifrost_stt.kernel.capabilities import ModelCatalog
 from bifrost_stt.kernel.settings import GatewayConfig
 from bifrost_stt.providers import registry
 from bifrost_stt.providers.http import make_client
@@ -41,6 +42,21 @@ class Gateway:
     def configured(self) -> frozenset[str]:
         return self._configured
 
+    def bare_model(self, model: str, default_provider: str | None) -> tuple[str | None, str]:
+        """Where a model without a provider prefix goes on a route whose default is ``default_provider``.
+
+        Zero config: when the only configured provider knows its models (``ModelCatalog``: the local
+        engine), a bare name goes to it, and a name it does not know (``whisper-1``, an Azure deployment)
+        to its default model. Otherwise the route's default, with the name unchanged.
+        """
+        if default_provider is None or len(self._configured) != 1 or self._router is None:
+            return default_provider, model
+        (only,) = self._configured
+        impl = self._router.slots[only].impl
+        if not isinstance(impl, ModelCatalog):
+            return default_provider, model
+        return only, model if impl.knows(model) else impl.default_model
+
     @property
     def router(self) -> Router:
         if self._router is None:
@@ -61,6 +77,13 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.jobs.aclose()  # first: cancelling jobs ends their upstream calls before the clients close
+        for slot in (self._router.slots.values() if self._router is not None else ()):
+            close = getattr(slot.impl, "aclose", None)  # providers holding more than a client (the local engine)
+            if close is not None:
+                try:
+                    await close()
+                except Exception:
+                    log.exception("closing provider %s failed", slot.config.id)
         clients, self._clients = self._clients, []
         for client in clients:
             try:

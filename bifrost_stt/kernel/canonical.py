@@ -17,9 +17,13 @@ from typing import Any, Literal, Protocol
 
 from bifrost_stt.kernel.settings import Secret
 
-ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
-RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "verbose_json", "vtt")
+ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]
+RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "verbose_json", "vtt", "diarized_json")
 TEXT_FORMATS = frozenset({"text", "srt", "vtt"})
+DIARIZED_FORMAT = "diarized_json"  # speaker-labelled segments, one shape whoever diarized
+# How a provider that diarizes but has no diarized_json of its own is asked to label speakers: every
+# diarizing provider module takes this switch as sent (see docs/providers.md).
+DIARIZE_SWITCH = ("diarize", "true")
 
 CHUNK_SIZE = 64 * 1024
 

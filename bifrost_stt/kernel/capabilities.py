@@ -10,14 +10,14 @@ wire call, maps its errors into ``bifrost_stt.kernel.errors.UpstreamError`` and 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from bifrost_stt.kernel.canonical import StreamEvent, TranscriptionRequest, TranscriptionResult
 from bifrost_stt.kernel.fields import Field
-from bifrost_stt.kernel.settings import KeyConfig
+from bifrost_stt.kernel.settings import ConcurrencyConfig, KeyConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,9 @@ def _no_vars() -> Mapping[str, tuple[str, str]]:
     return MappingProxyType({})
 
 
+OptionsBuilder = Callable[[Mapping[str, Any], ConcurrencyConfig | None, str], tuple[object, ConcurrencyConfig]]
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigSpec:
     """What a provider kind declares about its configuration, next to its capabilities.
@@ -67,6 +70,16 @@ class ConfigSpec:
     env_base_url: str | None = None
     env_sections: Mapping[str, tuple[str, str]] = field(default_factory=_no_vars)  # VAR -> (section, field)
     env_required: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # VAR -> example
+    # Fields of the provider's own ``providers.<id>`` section besides upstream's (the local engine's models,
+    # pool ...), checked like every field. ``options(values, concurrency_and_buffer_size or None, path)``
+    # builds ``ProviderConfig.options`` and the admission limits from them (ConfigError naming a field).
+    fields: Mapping[str, Field] = field(default_factory=lambda: MappingProxyType({}))
+    options: OptionsBuilder | None = None
+    takes_keys: bool = True  # False: no ``keys`` at all (an engine running inside the gateway)
+    # Added with no configuration when ``installed()`` is true: alone when nothing else is configured, and
+    # beside providers configured from the environment with ``beside`` as its section (None: never beside).
+    installed: Callable[[], bool] | None = None
+    beside: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +117,14 @@ class StreamingTranscriber(Protocol):
         """Open the upstream stream. Errors before the first event raise UpstreamError from the iterator's
         first ``__anext__``, so the router can still retry or fall back."""
         ...
+
+
+@runtime_checkable
+class ModelCatalog(Protocol):
+    """A provider that knows its models by name and has a default (the local engine). When it is the only
+    provider configured, bare model names it does not know (``whisper-1``) are served by its default."""
+
+    @property
+    def default_model(self) -> str: ...
+
+    def knows(self, model: str) -> bool: ...

@@ -107,6 +107,9 @@ class ProviderConfig:
     request_path_overrides: Mapping[str, str] = field(default_factory=_frozen)
     # custom_provider_config.allowed_requests, the request types set true; None = every type (upstream default)
     allowed_requests: frozenset[str] | None = None
+    # The provider's own settings (fields its ConfigSpec declares for its section, e.g. the local engine's
+    # models and pool), as that provider's ``ConfigSpec.options`` built them; None for providers without any.
+    options: object = None
 
 
 @dataclass(frozen=True, slots=True)

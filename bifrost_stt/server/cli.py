@@ -88,17 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sync = commands.add_parser(
         "spec-sync",
-        help="regenerate openapi/bifrost.yaml from a newer upstream Bifrost OpenAPI document",
-        description="Cut the transcription operations and the components they use out of an upstream "
-        "Bifrost OpenAPI 3.1 document (JSON or YAML) and write them as the project's document. Our own "
-        "deltas stay in openapi/overlay.yaml; the merged contract is checked before anything is written.",
+        help="update openapi/bifrost.yaml from a newer upstream Bifrost OpenAPI document, with a change report",
+        description="Cut the served operations (gateway/contract/operations.py FROM_UPSTREAM) and the components "
+        "they use out of an upstream Bifrost OpenAPI 3.1 document (JSON or YAML) and edit the project's document "
+        "in place to match: only what changed is rewritten (comments, anchors, layout and our own prose kept; "
+        "upstream's prose is never copied). Prints what changed: operations (and whether a handler exists), "
+        "fields and parameters added, removed or retyped, enum values, required-ness, overlay targets that no "
+        "longer match, and what the gateway does with each new field. Exits 1 when the overlay no longer applies.",
     )
     sync.add_argument("upstream", metavar="UPSTREAM", help="path of the upstream document")
     sync.add_argument("--out", metavar="PATH", help="where to write (default: openapi/bifrost.yaml of the checkout you are in; "
                       "outside a checkout --out is required)")
     sync.add_argument("--check", action="store_true",
-                      help="write nothing; exit 1 when the document's operations or schemas (prose aside) differ "
-                      "from what upstream gives")
+                      help="write nothing; exit 1 with the change report when upstream moved (the file would change)")
     sync.set_defaults(handler=_spec_sync)
     transcribe.add_parser(commands)  # bifrost_stt.server.transcribe
     return parser
@@ -132,7 +134,14 @@ def _serve(args: argparse.Namespace) -> int:
                         format="%(levelname)s:     %(message)s")
     _log_reports(config)
     if not config.providers:
-        log.warning("no provider is configured: every transcription request will fail (see docs/configuration.md)")
+        log.warning("no provider is configured: every transcription request will fail (configure one, or "
+                    "install the local engine: pip install 'bifrost-stt[local]'; see docs/configuration.md)")
+    elif len(config.providers) == 1 and getattr(only_options(config), "default_model", None):
+        (pid,) = config.providers
+        log.info("only the %s engine is configured: %s/<model> works on every route, and model names it does "
+                 "not know (whisper-1, gpt-4o-transcribe, Azure deployments) are served by %s/%s; configure a "
+                 "cloud provider to send bare names to openai again", pid, pid, pid,
+                 getattr(only_options(config), "default_model"))
     os.environ[CONFIG_ENV] = os.path.abspath(path) if path else ""
     os.environ[OVERRIDES_ENV] = json.dumps(overrides)
 
@@ -154,6 +163,12 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=_shutdown_timeout(config),
     )
     return 0
+
+
+def only_options(config: GatewayConfig) -> object:
+    """The settings of the one configured provider (a provider module's own, such as the local engine's)."""
+    (provider,) = config.providers.values()
+    return provider.options
 
 
 def _shutdown_timeout(config: GatewayConfig) -> int:
@@ -209,16 +224,11 @@ def _spec_sync(args: argparse.Namespace) -> int:
     import yaml
 
     from bifrost_stt.gateway.contract import loading as spec
-    from bifrost_stt.gateway.contract.sync import contract_shape, sync, to_yaml
+    from bifrost_stt.gateway.contract.operations import READ_FIELDS
+    from bifrost_stt.gateway.contract.sync import sync
+    from bifrost_stt.gateway.contract.sync_edit import edit
+    from bifrost_stt.gateway.contract.sync_report import change_report
 
-    try:
-        upstream = yaml.safe_load(Path(args.upstream).read_text(encoding="utf-8"))
-        document = sync(upstream)
-        overlay = yaml.safe_load((spec.OPENAPI_DIR / "overlay.yaml").read_text(encoding="utf-8"))
-        spec.to_connexion(spec.apply_overlay(document, overlay))  # the merged contract must still build
-    except (OSError, yaml.YAMLError, spec.ContractError) as exc:
-        print(f"bifrost-stt: spec-sync: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     checkout = spec.checkout_openapi_dir()
     if args.out:
         out = Path(args.out)
@@ -228,17 +238,51 @@ def _spec_sync(args: argparse.Namespace) -> int:
         print("bifrost-stt: spec-sync: not inside a bifrost-stt checkout; say where to write with --out PATH "
               "(an installed package is never rewritten)", file=sys.stderr)
         return EXIT_CONFIG
-    text = to_yaml(document)
+    try:
+        upstream = yaml.safe_load(Path(args.upstream).read_text(encoding="utf-8"))
+        current = out.read_text(encoding="utf-8") if out.exists() else ""
+        text = edit(current, sync(upstream))
+        overlay = yaml.safe_load((out.parent / "overlay.yaml").read_text(encoding="utf-8")) \
+            if (out.parent / "overlay.yaml").exists() else \
+            yaml.safe_load((spec.OPENAPI_DIR / "overlay.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, spec.ContractError) as exc:
+        print(f"bifrost-stt: spec-sync: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    document = yaml.safe_load(text)
+    report = change_report(yaml.safe_load(current) or {}, document, handled=_handled_operations(),
+                           read_fields=READ_FIELDS, overlay=overlay)
+    broken = None
+    try:
+        spec.to_connexion(spec.apply_overlay(document, overlay))  # the merged contract must still build
+    except spec.ContractError as exc:
+        broken = f"overlay: the merged contract does not build: {exc}"
+        report.append(broken)
+    changed = text != current
     if args.check:
-        current = yaml.safe_load(out.read_text(encoding="utf-8")) if out.exists() else None
-        if contract_shape(current) != contract_shape(document):
-            print(f"{out} differs from what {args.upstream} gives; run without --check to rewrite it")
-            return 1
-        print(f"{out} is in sync with {args.upstream}")
-        return 0
-    out.write_text(text, encoding="utf-8")
-    print(f"wrote {out} ({len(document.get('paths', {}))} paths)")
-    return 0
+        if not changed and broken is None:
+            print(f"{out} is in sync with {args.upstream}")
+            return 0
+        print(f"{out} differs from what {args.upstream} gives; run without --check to update it:")
+        print("\n".join(f"  {line}" for line in report) or "  (layout only)")
+        return 1
+    if changed:
+        out.write_text(text, encoding="utf-8")
+        print(f"updated {out}; review with git diff. What changed:")
+        print("\n".join(f"  {line}" for line in report) or "  (layout only)")
+    else:
+        print(f"{out} is already in sync with {args.upstream}")
+    return 1 if broken else 0
+
+
+def _handled_operations() -> set[str] | None:
+    """operationIds the handlers serve (None when the table cannot be built here)."""
+    try:
+        from bifrost_stt import handlers
+        from bifrost_stt.gateway.compose import Gateway
+
+        return set(handlers.operations(Gateway(GatewayConfig())))
+    except Exception:  # the report then says "handler unknown"
+        return None
 
 
 _SECRETISH = re.compile(r"secret|password|token|key", re.IGNORECASE)
@@ -251,6 +295,11 @@ def summary(config: GatewayConfig, path: str | None) -> list[str]:
         lines.append("providers: none configured")
     for pid, provider in config.providers.items():
         kind = "" if provider.kind == pid else f" (custom, kind {provider.kind})"
+        if provider.options is not None:  # a provider with settings of its own (the local engine): no network
+            limits = provider.concurrency
+            lines.append(f"provider {pid}{kind}: {provider.options}, concurrency {limits.concurrency}, "
+                         f"buffer_size {limits.buffer_size}")
+            continue
         lines.append(f"provider {pid}{kind}: base_url {provider.network.base_url or 'default'}"
                      + (", key-less" if provider.is_key_less else ""))
         for key in provider.keys:

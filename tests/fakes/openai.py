@@ -52,7 +52,7 @@ class FakeOpenAI(FakeServer):
         self.keys: set[str] = {OPENAI_KEY, SHARED_KEY}
         self.transcript = TRANSCRIPT
         self.language = "english"
-        self.models: set[str] = {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"}
+        self.models: set[str] = {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-diarize"}
         self.done_marker = False  # also end streams with `data: [DONE]`
         self.event_delay = 0.0
 
@@ -106,6 +106,8 @@ class FakeOpenAI(FakeServer):
         return None
 
     def formats(self, model: str) -> tuple[str, ...]:
+        if model.endswith("-diarize"):  # OpenAI: json, text and diarized_json
+            return ("json", "text", "diarized_json")
         return ("json", "text") if model.startswith("gpt-4o") else ALL_FORMATS
 
     def streams(self, model: str) -> bool:
@@ -183,6 +185,15 @@ class FakeOpenAI(FakeServer):
         if fmt == "vtt":
             return Reply(body=f"WEBVTT\n\n{_stamp(0, '.')} --> {_stamp(end, '.')}\n{text}\n\n", content_type="text/vtt; charset=utf-8")
         body: dict[str, Any] = {"text": text}
+        if fmt == "diarized_json":  # OpenAI's shape: speaker A says the first half, B the rest
+            words = self.words()
+            half = max(1, len(words) // 2)
+            turns = [(words[:half], "A"), (words[half:], "B")]
+            body = {"task": "transcribe", "duration": end, "text": text, "segments": [
+                {"type": "transcript.text.segment", "id": f"seg_{i}", "start": part[0]["start"], "end": part[-1]["end"],
+                 "text": " ".join(w["word"] for w in part), "speaker": speaker}
+                for i, (part, speaker) in enumerate(turns) if part
+            ]}
         if fmt == "verbose_json":
             granularities = request.fields("timestamp_granularities[]") or ["segment"]
             body = {"task": "transcribe", "language": self.language, "duration": end, "text": text}
@@ -222,6 +233,7 @@ class FakeAzure(FakeOpenAI):
         self.keys = {AZURE_KEY, SHARED_KEY}
         self.deployments: dict[str, str] = {
             "whisper": "whisper-1", "gpt-4o-transcribe": "gpt-4o-transcribe", "gpt-4o-mini-transcribe": "gpt-4o-mini-transcribe",
+            "gpt-4o-transcribe-diarize": "gpt-4o-transcribe-diarize",
         }
         self.api_versions: set[str] | None = None  # None: any version is accepted
 

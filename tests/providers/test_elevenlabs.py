@@ -62,7 +62,7 @@ def test_fields_translate_names_and_pass_vendor_options_through() -> None:
                          ("keyterms[]", "Bifrost"), ("keyterms[]", "Voxtral"), ("enable_logging", "false")))
     fields, query = to_wire_fields(req, MODEL)
     assert fields == [
-        ("model_id", MODEL), ("language_code", "de"), ("temperature", "0.4"), ("timestamps_granularity", "word"),
+        ("model_id", MODEL), ("language_code", "deu"), ("temperature", "0.4"), ("timestamps_granularity", "word"),
         ("file_format", "pcm_s16le_16"), ("diarize", "true"), ("num_speakers", "2"), ("tag_audio_events", "false"),
         ("keyterms", "Bifrost"), ("keyterms", "Voxtral"),
     ]
@@ -157,7 +157,7 @@ async def test_wire_call(eleven: ElevenLabs, fake_elevenlabs: FakeElevenLabs) ->
     seen = fake_elevenlabs.last
     assert (seen.method, seen.path, seen.params) == ("POST", "/v1/speech-to-text", {"enable_logging": "false"})
     assert seen.headers["xi-api-key"] == ELEVENLABS_KEY and "authorization" not in seen.headers
-    assert seen.form == [("model_id", MODEL), ("language_code", "en")]
+    assert seen.form == [("model_id", MODEL), ("language_code", "eng")]
     assert seen.names[-1] == "file" and seen.file is not None and seen.file.data == WAV
     assert result.text == TRANSCRIPT + " (laughter)" and result.language == "en"
     assert [w.word for w in result.words] == WORDS  # spacing and the audio event are not words

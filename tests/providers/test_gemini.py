@@ -98,7 +98,7 @@ async def test_prompt_language_temperature_and_generation_extras() -> None:
                   extra=(("thinking_budget", "0"), ("max_output_tokens", "2048"), ("include[]", "logprobs")))
     body = json.loads(await body_of(req))
     text = body["contents"][0]["parts"][0]["text"]
-    assert text.startswith('Names: "Ada", Grace') and "'fr'" in text
+    assert text.startswith('Names: "Ada", Grace') and "French (language code fr)" in text
     assert body["generationConfig"] == {
         "temperature": 0.2, "thinkingConfig": {"thinkingBudget": 0}, "maxOutputTokens": 2048, "responseLogprobs": True,
     }

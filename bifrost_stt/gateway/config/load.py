@@ -3,7 +3,8 @@
 Layers, lowest first: dataclass defaults → the file (or, without a file, ``<KIND>_API_KEY`` variables) →
 ``BIFROST_STT_HOST`` / ``_PORT`` / ``_MAX_BODY_MB`` → command-line overrides (``apply_overrides``).
 
-An upstream user's config.json loads unchanged: sections that do not concern transcription are listed in
+A file (or an environment) that configures no provider gets the local engine when it is installed
+(``IMPLICIT_KINDS``). An upstream user's config.json loads unchanged: sections that do not concern transcription are listed in
 ``ignored_sections``, settings we accept but cannot honour in ``unsupported_fields`` (the CLI logs both once).
 Every mistake is a ``ConfigError`` naming its dotted path; no message ever contains a key's value.
 The file's shape lives in ``bifrost_stt.gateway.config.schema`` as tables; this module only turns checked values into
@@ -53,6 +54,10 @@ __all__ = [
 
 CONFIG_ENV = "BIFROST_STT_CONFIG"  # the config path handed from `bifrost-stt serve` to its workers
 OVERRIDES_ENV = "BIFROST_STT_OVERRIDES"  # JSON of the command-line overrides, ditto
+
+# Engines that need no configuration at all: added when installed (their ConfigSpec's ``installed``) and
+# nothing else is configured, or (``beside``) next to providers configured from the environment.
+IMPLICIT_KINDS = ("local",)
 
 # BIFROST_STT_* variable → (section, field, is an integer), applied over the file or the zero-config.
 SERVER_ENV: Mapping[str, tuple[str, str, bool]] = {
@@ -142,6 +147,8 @@ def from_document(document: Any, env: Mapping[str, str], known_kinds: frozenset[
         built = _provider(pid, raw, ctx, known_kinds, version, direct_default)
         if built is not None:
             providers[pid] = built
+    if not providers:
+        providers.update(_implicit(known_kinds, beside=False))
     return GatewayConfig(
         providers=MappingProxyType(providers),
         client=ClientConfig(**client),
@@ -169,7 +176,9 @@ def _provider(
             ctx.ignored.append(path)
             return None
         raise ConfigError(path, "unknown provider" + suggestion(pid, known) + _kinds_hint(known))
-    fields = read_section(obj, path, PROVIDER, ctx)
+    declared = obj.get("custom_provider_config")
+    spec = _spec(declared.get("base_provider_type", pid) if isinstance(declared, Mapping) else pid)
+    fields = read_section(obj, path, {**PROVIDER, **spec.fields} if spec.options else PROVIDER, ctx)
     custom = fields.get("custom_provider_config", {})
     kind = custom.get("base_provider_type", pid)
     if kind not in known:
@@ -177,10 +186,13 @@ def _provider(
             f"{path}.custom_provider_config.base_provider_type",
             f"unknown provider kind {kind!r}" + suggestion(kind, known) + _kinds_hint(known),
         )
-    key_less = custom.get("is_key_less", False)
+    key_less = custom.get("is_key_less", False) or not spec.takes_keys
     raw_keys = fields.get("keys", [])
+    if raw_keys and not spec.takes_keys:
+        raise ConfigError(f"{path}.keys", f"{kind} takes no keys")
     if not raw_keys and not key_less:
         raise ConfigError(f"{path}.keys", "at least one key is required (or custom_provider_config.is_key_less)")
+    options, concurrency = _own_settings(spec, fields, path)
     keys = tuple(_key(item, f"{path}.keys[{i}]", kind, ctx, version) for i, item in enumerate(raw_keys))
     seen: set[str] = set()
     for i, key in enumerate(keys):
@@ -193,15 +205,38 @@ def _provider(
         kind=kind,
         keys=keys,
         network=_network(fields.get("network_config", {}), f"{path}.network_config"),
-        concurrency=ConcurrencyConfig(**fields["concurrency_and_buffer_size"])
-        if "concurrency_and_buffer_size" in fields
-        else ConcurrencyConfig(),
+        concurrency=concurrency,
         allow_direct_keys=fields.get("allow_direct_keys", direct_default),
         is_key_less=key_less,
         store_raw_request_response=fields.get("store_raw_request_response", False),
         request_path_overrides=MappingProxyType(custom.get("request_path_overrides", {})),
         allowed_requests=None if allowed is None else frozenset(k for k, on in allowed.items() if on),
+        options=options,
     )
+
+
+def _own_settings(spec: ConfigSpec, fields: Mapping[str, Any], path: str) -> tuple[object, ConcurrencyConfig]:
+    """The provider's own options (its ConfigSpec ``fields``, built by its ``options``) and admission limits."""
+    given = fields.get("concurrency_and_buffer_size")
+    limits = ConcurrencyConfig(**given) if given is not None else None
+    if spec.options is None:
+        return None, limits or ConcurrencyConfig()
+    return spec.options({k: v for k, v in fields.items() if k in spec.fields}, limits, path)
+
+
+def _implicit(known: frozenset[str], *, beside: bool) -> dict[str, ProviderConfig]:
+    """The kinds of IMPLICIT_KINDS that are installed: alone (nothing else is configured), or ``beside``
+    providers from the environment when their ConfigSpec allows it, with its ``beside`` section."""
+    out: dict[str, ProviderConfig] = {}
+    for kind in IMPLICIT_KINDS:
+        spec = _spec(kind) if kind in known else None
+        if spec is None or spec.installed is None or not spec.installed() or (beside and spec.beside is None):
+            continue
+        path = f"providers.{kind}"
+        fields = read_section(dict(spec.beside or {}) if beside else {}, path, spec.fields, Context(env={}))
+        options, limits = _own_settings(spec, fields, path)
+        out[kind] = ProviderConfig(id=kind, kind=kind, is_key_less=True, concurrency=limits, options=options)
+    return out
 
 
 def _key(raw: Any, path: str, kind: str, ctx: Context, version: int) -> KeyConfig:
@@ -254,12 +289,16 @@ def _network(fields: dict[str, Any], path: str) -> NetworkConfig:
 
 def from_environment(env: Mapping[str, str], known_kinds: frozenset[str]) -> GatewayConfig:
     """Zero-config: one provider per known kind whose key variable is set (``<KIND>_API_KEY`` unless the kind
-    declares another), or, for kinds that need no key, whose base URL variable is set."""
+    declares another), or, for kinds that need no key, whose base URL variable is set; and the installed
+    engines of ``IMPLICIT_KINDS`` (the local engine: alone when nothing else is set, else beside)."""
     providers: dict[str, ProviderConfig] = {}
     for kind in sorted(known_kinds):
+        if kind in IMPLICIT_KINDS:
+            continue
         built = _from_env(kind, env)
         if built is not None:
             providers[kind] = built
+    providers.update(_implicit(known_kinds, beside=bool(providers)))
     return GatewayConfig(providers=MappingProxyType(providers))
 
 

@@ -21,7 +21,9 @@ from bifrost_stt.gateway.contract.schema_cache import SchemaCache
 from bifrost_stt.kernel.errors import ClientError, GatewayError
 
 FILE_PLACEHOLDER = ""  # stands in for a file during schema validation, so ``format: binary`` strings pass
-_TRUE, _FALSE = frozenset({"true", "1"}), frozenset({"false", "0"})
+# Booleans as the document encodes them, in any case: "1"/"0"/"yes" are refused (a 400 naming the field)
+# because upstream streams only on "true", so stream=1 would mean something else there.
+_TRUE, _FALSE = "true", "false"
 _INTEGER = re.compile(r"\s*[-+]?\d+\s*", re.ASCII)
 _NUMBER = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*", re.ASCII)
 
@@ -74,7 +76,7 @@ def _coerce_scalar(value: str, kind: str) -> Any:
     """Form text to the schema's type; left as text when it does not parse so validation names the field."""
     if kind == "boolean":
         low = value.strip().lower()
-        return True if low in _TRUE else False if low in _FALSE else value
+        return True if low == _TRUE else False if low == _FALSE else value
     if kind == "integer":
         return int(value) if _INTEGER.fullmatch(value) else value
     if kind == "number":

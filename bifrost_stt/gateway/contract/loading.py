@@ -115,7 +115,8 @@ def apply_overlay(doc: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any
     Semantics (Overlay 1.0.0, as 1.1.0 spells them out): ``update`` on an object merges recursively
     (new keys inserted, primitives replaced, arrays concatenated, objects merged, any other pairing
     is an error); ``update`` on an array appends the value as one entry; ``remove: true`` deletes the
-    selected nodes from their parents. A target that selects nothing is an error, so a delta that
+    selected nodes from their parents; ``copy`` (Overlay 1.1) merges the one node another JSONPath
+    selects into the target, as ``update`` would. A target that selects nothing is an error, so a delta that
     silently stopped applying after an upstream change is caught at start-up.
     """
     version = str(overlay.get("overlay", ""))
@@ -134,11 +135,17 @@ def apply_overlay(doc: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any
             raise ContractError(f"action {number}: target {target} matches nothing")
         if action.get("remove") is True:
             _remove(locations, target)
+        elif "copy" in action:
+            source = select(result, str(action["copy"]))
+            if len(source) != 1:
+                raise ContractError(f"action {number}: copy source {action['copy']} must select exactly one node")
+            for _parent, _key, node in locations:
+                _update(node, source[0][2], target)
         elif "update" in action:
             for _parent, _key, node in locations:
                 _update(node, action["update"], target)
         else:
-            raise ContractError(f"action {number} ({target}) has neither 'update' nor 'remove: true'")
+            raise ContractError(f"action {number} ({target}) has neither 'update', 'copy' nor 'remove: true'")
     return result
 
 

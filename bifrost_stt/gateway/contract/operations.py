@@ -22,3 +22,10 @@ FROM_UPSTREAM: tuple[str, ...] = (
 OURS: tuple[str, ...] = ("getHealth", "openaiCreateTranscriptionAlias")
 
 SERVED: tuple[str, ...] = FROM_UPSTREAM + OURS
+
+# Form fields the handlers turn into canonical request fields (handlers/inbound.py). Any other field the
+# contract declares is validated and passed on to the provider as sent; spec-sync's report says which.
+READ_FIELDS: frozenset[str] = frozenset({
+    "model", "file", "fallbacks", "stream", "language", "prompt", "response_format", "temperature",
+    "timestamp_granularities", "file_format",
+})

@@ -6,10 +6,12 @@ reach, and returns a small self-contained 3.1 document. Our deltas stay in ``ove
 an upstream change moves something the overlay targets, ``load_contract`` fails at start-up naming
 the target, which is the signal to update the overlay.
 
-Meant to be wired as ``bifrost-stt spec-sync UPSTREAM.json`` (``bifrost_stt.server.cli`` owns the CLI)::
+``bifrost-stt spec-sync`` (``bifrost_stt.server.cli``) does not write this document out whole: it edits the
+committed file towards it (``sync_edit.edit``: a small, deterministic diff, comments and our prose kept) and
+prints what changed (``sync_report.change_report``)::
 
-    doc = sync(json.loads(Path(upstream).read_text()))
-    (OPENAPI_DIR / "bifrost.yaml").write_text(to_yaml(doc))
+    target = sync(json.loads(Path(upstream).read_text()))
+    text = edit((OPENAPI_DIR / "bifrost.yaml").read_text(), target)
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def _operations(paths: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def to_yaml(doc: dict[str, Any]) -> str:
-    """The document as YAML in its own key order, for writing ``openapi/bifrost.yaml``."""
+    """The document as plain YAML in its own key order (a whole new file; spec-sync edits in place instead)."""
     return str(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100))
 
 

@@ -27,6 +27,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from bifrost_stt.kernel.canonical import Logprob, Segment, StreamDelta, StreamDone, TranscriptionResult, Usage, Word
+from bifrost_stt.gateway.render.diarized import diarized_body
 
 LINE_WIDTH = 42  # display columns per subtitle line (broadcast guideline, Netflix/BBC use 37–42)
 MAX_LINES = 2
@@ -65,6 +66,11 @@ def render(
         return _with_extra(_json_body(result), result)
     if response_format == "verbose_json":
         return _with_extra(_verbose_json_body(result, granularities), result)
+    if response_format == "diarized_json":
+        body = diarized_body(result, _duration(result))
+        if result.usage is not None:
+            body["usage"] = usage_dict(result.usage)
+        return body
     if response_format == "text":
         return result.text
     if response_format == "srt":
@@ -202,7 +208,10 @@ def _verbose_json_body(result: TranscriptionResult, granularities: Sequence[str]
         if segments:
             body["segments"] = [_segment_dict(s) for s in segments]
     if "word" in granularities and result.words:
-        body["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in result.words]
+        body["words"] = [
+            {"word": w.word, "start": w.start, "end": w.end, **({"speaker": w.speaker} if w.speaker is not None else {})}
+            for w in result.words
+        ]
     return _with_logprobs_and_usage(body, result)
 
 

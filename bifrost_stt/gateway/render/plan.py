@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from bifrost_stt.gateway.render import formats
-from bifrost_stt.kernel.canonical import TranscriptionRequest
+from bifrost_stt.kernel.canonical import DIARIZE_SWITCH, DIARIZED_FORMAT, TranscriptionRequest
 from bifrost_stt.kernel.capabilities import Capabilities
 from bifrost_stt.kernel.errors import ClientError
 
@@ -34,6 +34,12 @@ def ask_provider(caps: Capabilities, request: TranscriptionRequest, provider: st
         )
     if fmt in caps.native_formats:
         return request
+    if fmt == DIARIZED_FORMAT:  # speakers come on the words and segments of a rich answer
+        check_diarization(caps, request, provider)
+        timings = tuple(g for g, able in (("segment", caps.segment_timestamps), ("word", caps.word_timestamps)) if able)
+        extra = request.extra if any(n == DIARIZE_SWITCH[0] for n, _ in request.extra) else (*request.extra, DIARIZE_SWITCH)
+        rich = "verbose_json" if "verbose_json" in caps.native_formats else "json"
+        return replace(request, response_format=rich, timestamp_granularities=timings, extra=extra)
     if "verbose_json" in caps.native_formats and formats.needs_rich(fmt, asked):
         grans: tuple[str, ...] = ()
         if caps.segment_timestamps:
@@ -42,6 +48,17 @@ def ask_provider(caps: Capabilities, request: TranscriptionRequest, provider: st
             grans += ("word",)
         return replace(request, response_format="verbose_json", timestamp_granularities=grans)
     return replace(request, response_format="json", timestamp_granularities=())
+
+
+def check_diarization(caps: Capabilities, request: TranscriptionRequest, provider: str) -> None:
+    """response_format=diarized_json for a target that cannot label speakers is a 400 naming the format."""
+    if request.response_format == DIARIZED_FORMAT and not caps.diarization:
+        raise ClientError(
+            f"{provider} cannot label speakers for model {request.model!r}, so response_format=diarized_json "
+            "cannot be served; use a provider/model that diarizes (the diarization column of "
+            "`bifrost-stt capabilities`) or another format",
+            param="response_format", code="unsupported_response_format",
+        )
 
 
 def for_synthesized_stream(caps: Capabilities, request: TranscriptionRequest) -> TranscriptionRequest:

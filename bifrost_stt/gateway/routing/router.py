@@ -196,6 +196,7 @@ class Router:
                     )
                 caps = slot.capabilities_for(model)
                 check_size(caps, target, provider)
+                plan.check_diarization(caps, target, provider)
                 if not stream:
                     target = plan.ask_provider(caps, target, provider)
             except GatewayError as err:

@@ -44,6 +44,9 @@ def test_coerce() -> None:
     assert coerce("tags", ["[1, 2]"], props["tags"]) == ["[1, 2]"]  # JSON arrays only for string items
     assert coerce("grains", ['["word"]'], props["grains"]) == ["word"]
     assert coerce("stream", ["nAn"], props["stream"]) == "nAn"
+    assert coerce("stream", ["TrUe"], props["stream"]) is True and coerce("stream", ["FALSE"], props["stream"]) is False
+    for spelling in ("1", "0", "yes", "no", "on"):  # not the document's encoding: left for the schema to refuse
+        assert coerce("stream", [spelling], props["stream"]) == spelling
     with pytest.raises(ClientError) as err:
         coerce("model", ["a", "b"], props["model"])
     assert err.value.param == "model"

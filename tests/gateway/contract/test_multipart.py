@@ -161,14 +161,15 @@ async def test_fields_coerced_and_params_reach_handler(app: Any) -> None:
     assert body["files"]["file"]["type"] == "BytesAudio"
 
 
-@pytest.mark.parametrize("value,expected", [("true", True), ("False", False), ("1", True), ("0", False)])
+@pytest.mark.parametrize("value,expected", [("true", True), ("False", False), ("TRUE", True), ("false", False)])
 async def test_booleans(app: Any, value: str, expected: bool) -> None:
     r = await post(app, data={"model": "m", "stream": value}, files={"file": ("a.wav", WAV)})
     assert r.json()["fields"]["stream"] is expected
 
 
-async def test_bad_boolean_names_field(app: Any) -> None:
-    r = await post(app, data={"model": "m", "stream": "yes"}, files={"file": ("a.wav", WAV)})
+@pytest.mark.parametrize("value", ["yes", "1", "0", "on"])
+async def test_bad_boolean_names_field(app: Any, value: str) -> None:
+    r = await post(app, data={"model": "m", "stream": value}, files={"file": ("a.wav", WAV)})
     assert r.status_code == 400 and r.json()["param"] == "stream"
 
 

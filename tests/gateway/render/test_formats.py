@@ -236,7 +236,7 @@ def test_needs_rich() -> None:
 
 def test_unknown_format() -> None:
     with pytest.raises(ValueError):
-        render(SEGMENTS, "diarized_json")
+        render(SEGMENTS, "ssml")
 
 
 def test_parse_round_trip() -> None:
