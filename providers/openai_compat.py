@@ -322,7 +322,7 @@ GPT4O_TRANSCRIBE = Capabilities(
     native_formats=frozenset({"json", "text"}), native_stream=True, word_timestamps=False,
     segment_timestamps=False, max_file_mb=25, max_duration_s=1400.0,
 )
-AZURE_GPT4O_TRANSCRIBE = replace(GPT4O_TRANSCRIBE, max_duration_s=1500.0)
+AZURE_GPT4O_MAX_SECONDS = 1500.0
 
 # gpt-4o-transcribe-diarize: json, text and its own diarized_json (speaker-labelled segments); it streams.
 GPT4O_DIARIZE = replace(
@@ -334,6 +334,12 @@ def _openai_model_capabilities(model: str) -> Capabilities | None:
     if gpt4o_diarize(model):
         return GPT4O_DIARIZE
     return GPT4O_TRANSCRIBE if gpt4o_transcribe(model) else None
+
+
+def _azure_model_capabilities(model: str) -> Capabilities | None:
+    """OpenAI's per model, with Azure's longer audio cap for the gpt-4o family."""
+    caps = _openai_model_capabilities(model)
+    return replace(caps, max_duration_s=AZURE_GPT4O_MAX_SECONDS) if caps is not None else None
 
 
 OPENAI = Vendor(
@@ -419,7 +425,7 @@ AZURE = Vendor(
     auth_headers=_azure_auth,
     capabilities=OPENAI.capabilities,
     streams=gpt4o_transcribe,  # deployments are usually named after their model
-    model_capabilities=lambda model: AZURE_GPT4O_TRANSCRIBE if gpt4o_transcribe(model) else None,
+    model_capabilities=_azure_model_capabilities,
 )
 
 

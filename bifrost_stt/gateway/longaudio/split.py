@@ -36,6 +36,7 @@ from bifrost_stt.gateway.longaudio.stitch import join_text, stitch, sum_usage
 from bifrost_stt.kernel import progress, record
 from bifrost_stt.kernel.capabilities import Capabilities
 from bifrost_stt.kernel.canonical import (
+    DIARIZED_FORMAT,
     BytesAudio,
     FileAudio,
     StreamDelta,
@@ -211,8 +212,10 @@ class Split:
             prompt = f"{prompt} {tail}" if prompt else tail
         # Timings let the pieces be placed in the file (and an overlap be heard once): the richest format the
         # target gives (plan_format downgrades it per target); granularities only when the client named them.
+        # diarized_json stays itself: its speakers come from the target's own diarization.
+        fmt = request.response_format if request.response_format == DIARIZED_FORMAT else "verbose_json"
         asked = request.timestamp_granularities if request.response_format == "verbose_json" else ()
-        return replace(request, audio=audio, prompt=prompt, response_format="verbose_json",
+        return replace(request, audio=audio, prompt=prompt, response_format=fmt,
                        timestamp_granularities=asked, stream=False, file_format=None)
 
     async def _one(self, piece: Piece, call: Call[S], previous: str | None) -> tuple[TranscriptionResult, S]:

@@ -62,11 +62,14 @@ async def test_a_failing_piece_cancels_the_others_and_names_its_range() -> None:
     split = await long_audio.prepare(request(bursts(45)), [("p", "m", CAPS)])
     assert split is not None
     cancelled = 0
+    others_running = asyncio.Event()
 
     async def call(piece: TranscriptionRequest) -> tuple[TranscriptionResult, str]:
         nonlocal cancelled
         if piece.audio.filename == "piece-001.flac":
+            await others_running.wait()  # fail while other pieces are in flight
             raise UpstreamError("boom", status=503)
+        others_running.set()
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
