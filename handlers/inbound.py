@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,36 @@ def _direct_key(headers: Mapping[str, str], route: Route) -> Secret | None:
     return Secret(raw) if raw else None
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _plain(value: str, param: str) -> str:
+    """``value`` unless it holds a control character (CR, LF, NUL ...): such a name is no model and must never
+    reach an upstream request line or a response header. Surrounding spaces and tabs are trimmed first."""
+    value = value.strip(" \t")
+    if _CONTROL.search(value):
+        raise ClientError(f"{param} must not contain control characters (CR, LF, NUL ...)", param=param,
+                          code="invalid_value")
+    return value
+
+
+def _temperature(fields: Mapping[str, Any], extra: Sequence[tuple[str, str]]) -> float | None:
+    """A finite number from 0 to 1, from the declared field or (unified route) an extra one; else a 400."""
+    value: Any = fields.get("temperature")
+    if value is None:
+        value = next((v for k, v in extra if k == "temperature"), None)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and 0 <= number <= 1) or isinstance(value, bool):
+        raise ClientError(f"temperature must be a number from 0 to 1, got {str(value)[:40]!r}",
+                          param="temperature", code="invalid_value")
+    return number
+
+
 def _text(fields: Mapping[str, Any], name: str) -> str | None:
     value = fields.get(name)
     if value is None:
@@ -100,7 +132,9 @@ def build_request(
     audio: AudioSource | None = form.files.get("file")
     if audio is None:
         raise ClientError("file is required", param="file")
-    model = _text(fields, "model") or ""
+    model = _plain(_text(fields, "model") or "", "model")
+    if deployment is not None:
+        _plain(deployment, "model")
     known, configured = gateway.known_providers, gateway.configured
     if deployment is not None:
         # Azure route: the deployment in the path wins over the form's model.
@@ -118,12 +152,12 @@ def build_request(
     fallbacks = []
     for raw in fields.get("fallbacks") or []:
         fb_provider, fb_model = resolve_model(
-            str(raw), known=known, configured=known, default_provider=route.default_provider, param="fallbacks"
+            _plain(str(raw), "fallbacks"), known=known, configured=known, default_provider=route.default_provider, param="fallbacks"
         )
         target = f"{fb_provider}/{fb_model}"
         if target not in fallbacks and target != f"{provider}/{name}":  # the same target twice adds nothing
             fallbacks.append(target)
-    temperature = fields.get("temperature")
+    temperature = _temperature(fields, form.extra)
     granularities = fields.get("timestamp_granularities") or []
     request = TranscriptionRequest(
         provider=provider,
@@ -132,7 +166,7 @@ def build_request(
         language=_language(fields),
         prompt=_text(fields, "prompt"),
         response_format=_text(fields, "response_format") or "json",
-        temperature=float(temperature) if temperature is not None else None,
+        temperature=temperature,
         timestamp_granularities=tuple(dict.fromkeys(str(g) for g in granularities)),
         stream=bool(fields.get("stream") or False),
         file_format=_text(fields, "file_format"),

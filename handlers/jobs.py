@@ -19,8 +19,10 @@ from starlette.responses import Response
 from bifrost_stt.kernel.canonical import TranscriptionRequest
 from bifrost_stt.kernel.errors import ClientError, NotFound
 from bifrost_stt.gateway.jobs.record import COMPLETED, FAILED
+from bifrost_stt.gateway.cache.policy import Ticket
 from bifrost_stt.gateway.compose import Gateway
 from bifrost_stt.handlers import outbound
+from bifrost_stt.handlers.cache import hit_served
 from bifrost_stt.handlers.inbound import UNIFIED, build_request, current_form
 
 TTL_HEADER = "x-bf-async-job-result-ttl"
@@ -48,11 +50,13 @@ class JobHandlers:
                     "stream is not supported for async transcriptions; drop stream, or use "
                     "POST /v1/audio/transcriptions to stream", param="stream",
                 )
+            # Bad cache headers are refused now (400); the lookup itself runs in the job.
+            ticket = await self.gateway.cache.ticket(request, headers, form.digests.get("file"))
             # The job owns the upload from here: taken out of the form, whose close() must not close it.
             audio = form.files.pop("file")
             runner = self.gateway.jobs
             job = await runner.submit(
-                self._work(request, original),
+                self._work(request, original, ticket),
                 ttl=requested_ttl(headers),
                 release=audio.close,
             )
@@ -60,11 +64,19 @@ class JobHandlers:
             form.close()
         return outbound.json_response(job.response(), 202, {"location": f"{JOBS_PATH}/{job.id}"})
 
-    def _work(self, request: TranscriptionRequest, original: str) -> Callable[[], Awaitable[bytes]]:
+    def _work(
+        self, request: TranscriptionRequest, original: str, ticket: Ticket | None
+    ) -> Callable[[], Awaitable[bytes]]:
         gateway = self.gateway
 
         async def transcribe() -> bytes:
-            result, served = await gateway.router.transcribe(request)
+            hit = await ticket.lookup() if ticket is not None else None
+            debug: dict[str, Any] | None
+            if hit is not None:
+                result, served, debug = hit.result, hit_served(hit), hit.debug
+            else:
+                result, served = await gateway.router.transcribe(request)
+                debug = await ticket.store(result, served) if ticket is not None else None
             response = outbound.result_response(
                 result,
                 served,
@@ -72,6 +84,7 @@ class JobHandlers:
                 granularities=request.timestamp_granularities,
                 original_model=original,
                 text_as_plain=False,  # the unified route's shape: text/srt/vtt as {"text": ...}
+                cache_debug=debug,
             )
             return bytes(response.body)
 

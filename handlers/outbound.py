@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from bifrost_stt.gateway.render import formats
-from bifrost_stt.kernel.canonical import TEXT_FORMATS, StreamDelta, StreamEvent, TranscriptionResult
+from bifrost_stt.kernel.canonical import TEXT_FORMATS, StreamDelta, StreamDone, StreamEvent, TranscriptionResult
 from bifrost_stt.kernel.errors import GatewayError, UpstreamTimeout, envelope
 from bifrost_stt.gateway.routing.router import Served
 
@@ -46,11 +47,19 @@ def extra_fields(served: Served, *, latency_ms: int, chunk_index: int = 0) -> di
     return extra
 
 
+def header_value(value: str) -> str:
+    """Client-chosen text as a header value: as is when printable ASCII, else percent-encoded (UTF-8), so a
+    model name outside Latin-1 (or with a control character) can never break the response."""
+    if value.isascii() and value.isprintable():
+        return value
+    return quote(value, safe="/:@-._~+!$&'()*,;=")
+
+
 def route_headers(served: Served, original_model: str) -> dict[str, str]:
     headers = {
-        "x-bifrost-provider": served.provider,
-        "x-bifrost-original-model": original_model,
-        "x-bifrost-resolved-model": served.deployment,
+        "x-bifrost-provider": header_value(served.provider),
+        "x-bifrost-original-model": header_value(original_model),
+        "x-bifrost-resolved-model": header_value(served.deployment),
     }
     if served.fallback_index > 0:
         headers["x-bifrost-fallback-index"] = str(served.fallback_index)
@@ -65,6 +74,7 @@ def result_response(
     granularities: tuple[str, ...],
     original_model: str,
     text_as_plain: bool,
+    cache_debug: Mapping[str, Any] | None = None,
 ) -> Response:
     latency_ms = int((time.perf_counter() - served.started) * 1000)
     rendered = formats.render(result, response_format, granularities=granularities)
@@ -74,6 +84,8 @@ def result_response(
             return Response(rendered.encode("utf-8"), media_type=PLAIN, headers=headers)
         rendered = {"text": rendered}
     rendered["extra_fields"] = extra_fields(served, latency_ms=latency_ms)
+    if cache_debug is not None:
+        rendered["extra_fields"]["cache_debug"] = cache_debug
     return json_response(rendered, headers=headers)
 
 
@@ -82,6 +94,10 @@ def _event(payload: Mapping[str, Any]) -> bytes:
 
 
 DONE_MARKER = b"data: [DONE]\n\n"
+
+OnDone = Callable[[StreamDone], Awaitable[Mapping[str, Any] | None]]
+"""Called with the done event before it is sent; what it returns joins that event's extra_fields (the cache
+stores the answer there and adds cache_debug). It must not raise."""
 
 
 def event_payload(event: StreamEvent, extra: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +120,7 @@ def event_payload(event: StreamEvent, extra: dict[str, Any]) -> dict[str, Any]:
 async def sse_events(
     events: AsyncIterator[StreamEvent],
     served: Served,
+    on_done: OnDone | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body: deltas, the done event, then [DONE]; a failure mid-stream is one error event.
 
@@ -134,6 +151,8 @@ async def sse_events(
             now = time.perf_counter()
             since = previous if isinstance(event, StreamDelta) else served.started
             extra = extra_fields(served, latency_ms=int((now - since) * 1000), chunk_index=index)
+            if on_done is not None and isinstance(event, StreamDone):
+                extra.update(await on_done(event) or {})
             previous = now
             index += 1
             yield _event(event_payload(event, extra))
@@ -186,12 +205,12 @@ class SSEResponse(StreamingResponse):
 
 
 def stream_response(
-    events: AsyncIterator[StreamEvent], served: Served, *, original_model: str
+    events: AsyncIterator[StreamEvent], served: Served, *, original_model: str, on_done: OnDone | None = None
 ) -> Response:
     """``text/event-stream`` for an upstream stream that is already open (its first event received)."""
     headers = route_headers(served, original_model)
     headers["cache-control"] = "no-cache"
     headers["x-accel-buffering"] = "no"  # nginx and friends: do not buffer this response
     return SSEResponse(
-        sse_events(events, served), media_type=SSE, headers=headers
+        sse_events(events, served, on_done), media_type=SSE, headers=headers
     )

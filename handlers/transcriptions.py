@@ -11,7 +11,7 @@ from connexion import context
 from starlette.responses import Response
 
 from bifrost_stt.gateway.compose import Gateway
-from bifrost_stt.handlers import outbound
+from bifrost_stt.handlers import cache, outbound
 from bifrost_stt.handlers.inbound import AZURE, INTEGRATION, UNIFIED, Route, build_request, current_form
 
 T = TypeVar("T")
@@ -54,10 +54,15 @@ class TranscriptionHandlers:
         form, headers = current_form()
         try:
             request, original = build_request(self.gateway, form, headers, route, deployment=deployment)
+            ticket = await self.gateway.cache.ticket(request, headers, form.digests.get("file"))
+            hit = await ticket.lookup() if ticket is not None else None
+            if hit is not None:  # governance: counted as a request for rate limits, costs no budget
+                return cache.hit_response(hit, request, route, original)
             router = self.gateway.router
             if request.stream:
                 events, served = await cancel_on_disconnect(router.stream(request))
-                return outbound.stream_response(events, served, original_model=original)
+                return outbound.stream_response(events, served, original_model=original,
+                                                on_done=cache.store_on_done(ticket, served))
             result, served = await cancel_on_disconnect(router.transcribe(request))
             return outbound.result_response(
                 result,
@@ -66,6 +71,7 @@ class TranscriptionHandlers:
                 granularities=request.timestamp_granularities,
                 original_model=original,
                 text_as_plain=route.text_as_plain,
+                cache_debug=await ticket.store(result, served) if ticket is not None else None,
             )
         except ClientGone:
             log.info("client went away before the answer; the upstream call was cancelled")

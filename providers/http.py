@@ -37,8 +37,9 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from bifrost_stt.kernel.canonical import CHUNK_SIZE, AudioSource
-from bifrost_stt.kernel.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, scrub
+from bifrost_stt.kernel.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, scrub, scrub_error
 from bifrost_stt.kernel.settings import ProviderConfig
+from bifrost_stt.providers.limits import ACCEPT_ENCODING
 
 KEEPALIVE_SECONDS = 30.0
 
@@ -102,7 +103,8 @@ def make_client(config: ProviderConfig) -> httpx.AsyncClient:
     return _CookielessClient(
         transport=AiohttpTransport(client=session),
         timeout=timeout,
-        headers=dict(network.extra_headers),
+        # Only what providers.limits can inflate with a bound (no br/zstd, even when installed).
+        headers={"accept-encoding": ACCEPT_ENCODING, **network.extra_headers},
         follow_redirects=False,
         trust_env=False,  # proxies are the aiohttp session's business; httpx would mount httpcore ones
     )
@@ -290,24 +292,24 @@ async def raise_for_upstream(
         kind = "an empty body" if not body.strip() else (
             "an HTML page" if _looks_like_html(body, content_type) else "a non-JSON body"
         )
-        raise UpstreamUnavailable(
+        raise scrub_error(UpstreamUnavailable(
             f"{provider} answered HTTP {response.status_code} with {kind}",
             provider=provider,
             headers=headers,
             extra={"upstream_status": response.status_code},
-        )
+        ), keys)
     message = error.get("message")
     code = error.get("code")
     param = error.get("param")
-    raise UpstreamError(
-        scrub(str(message) if message else f"{provider} answered HTTP {response.status_code}", keys),
+    raise scrub_error(UpstreamError(
+        str(message) if message else f"{provider} answered HTTP {response.status_code}",
         status=response.status_code,
         error_type=str(error.get("type") or "api_error"),
         code=None if code is None else str(code),
         param=None if param is None else str(param),
         provider=provider,
         headers=headers,
-    )
+    ), keys)
 
 
 def _error_object(body: bytes) -> dict[str, Any] | None:
@@ -378,7 +380,7 @@ def map_transport_errors(
         if verdict is None:
             raise
         if verdict:
-            after = f" within {timeout:g} s" if timeout is not None else " in time"
+            after = f" within {timeout:.3g} s" if timeout is not None else " in time"
             raise UpstreamTimeout(
                 f"{provider} did not answer{after}; raise network_config.{setting} for this provider "
                 "if its transcriptions legitimately take longer",

@@ -9,6 +9,9 @@ Error hooks (both optional, tried in this order for a non-2xx answer):
     vendor_error(status, parsed JSON or None, retry headers) -> UpstreamError | None
     rewrite_error(status, raw body) -> an OpenAI-style error body | None, then mapped as OpenAI's
 Anything the hooks leave is mapped by ``providers.http.raise_for_upstream``.
+
+Every answer is read through ``providers.limits`` (bounded decompression, body / line / event / duration
+caps, secrets masked before anything is parsed): no vendor module reads a response body itself.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import orjson
 from bifrost_stt.kernel.errors import UpstreamError, UpstreamUnavailable
 from bifrost_stt.kernel.capabilities import Attempt
 from bifrost_stt.providers.http import map_transport_errors, raise_for_upstream
+from bifrost_stt.providers.limits import EVENT_SETTING, BoundedBody, sse_lines, too_much
 
 VendorError = Callable[[int, Any, Mapping[str, str]], UpstreamError | None]
 RewriteError = Callable[[int, bytes], bytes | None]
@@ -79,33 +83,40 @@ async def fetch(
     vendor_error: VendorError | None = None,
     rewrite_error: RewriteError | None = None,
 ) -> httpx.Response:
-    """Send ``request`` and read its answer within ``attempt.timeout`` seconds."""
+    """Send ``request`` and read its answer (bounded, see ``providers.limits``) within ``attempt.timeout``."""
     secrets = key_secrets(attempt)
     with map_transport_errors(provider, timeout=attempt.timeout, secrets=secrets):
-        async with asyncio.timeout(attempt.timeout):
-            response = await client.send(request)
+        async with asyncio.timeout(attempt.timeout) as window:
+            streamed = await client.send(request, stream=True)
             try:
-                await check(provider, response, secrets, expect_json=expect_json,
-                            vendor_error=vendor_error, rewrite_error=rewrite_error)
-                await response.aread()
+                response = await BoundedBody(provider, streamed, attempt, secrets).replaced(window.when())
             finally:
-                await response.aclose()
+                await streamed.aclose()
+            await check(provider, response, secrets, expect_json=expect_json,
+                        vendor_error=vendor_error, rewrite_error=rewrite_error)
     return response
 
 
-async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str | None, str]]:
-    """``(event name or None, data)`` for each server-sent event, multi-line data joined by newlines."""
+async def sse_events(
+    provider: str, lines: AsyncIterator[str], max_event: int
+) -> AsyncIterator[tuple[str | None, str]]:
+    """``(event name or None, data)`` for each server-sent event, multi-line data joined by newlines; an
+    event whose data passes ``max_event`` bytes (counted as characters) fails the stream with a 502."""
     name: str | None = None
     data: list[str] = []
-    async for line in response.aiter_lines():
+    size = 0
+    async for line in lines:
         if not line:
             if data:
                 yield name, "\n".join(data)
-            name, data = None, []
+            name, data, size = None, [], 0
         elif line.startswith("event:"):
             name = line[6:].strip()
         elif line.startswith("data:"):
             data.append(line[5:].removeprefix(" "))
+            size += len(line)
+            if size > max_event:
+                raise too_much(provider, "a stream event", EVENT_SETTING, f"{max_event // 1024} KB")
     if data:
         yield name, "\n".join(data)
 
@@ -120,8 +131,14 @@ async def open_events(
     vendor_error: VendorError | None = None,
     rewrite_error: RewriteError | None = None,
 ) -> AsyncGenerator[tuple[str | None, str], None]:
-    """The upstream's server-sent events; the connection is closed when the iterator ends or is closed."""
+    """The upstream's server-sent events; the connection is closed when the iterator ends or is closed.
+
+    The whole stream, its opening included, must end within ``attempt.max_stream_seconds`` (default
+    ``attempt.timeout``); each line and event within ``attempt.max_event_bytes``.
+    """
     secrets = key_secrets(attempt)
+    duration = attempt.max_stream_seconds or attempt.timeout
+    deadline = asyncio.get_running_loop().time() + duration
     # A stream request's reads are bounded by the idle timeout, the wait for its headers included: when
     # that is the shorter bound, it is the one to name in a timeout error.
     idle_first = idle_timeout < attempt.timeout
@@ -130,9 +147,13 @@ async def open_events(
         async with asyncio.timeout(attempt.timeout):
             response = await client.send(request, stream=True)
     try:
-        with map_transport_errors(provider, timeout=attempt.timeout, secrets=secrets):
-            await check(provider, response, secrets, vendor_error=vendor_error, rewrite_error=rewrite_error)
+        body = BoundedBody(provider, response, attempt, secrets)
         content_type = response.headers.get("content-type", "")
+        if not response.is_success or "text/event-stream" not in content_type:
+            with map_transport_errors(provider, timeout=attempt.timeout, secrets=secrets):
+                async with asyncio.timeout(attempt.timeout) as window:
+                    read = await body.replaced(window.when())
+                await check(provider, read, secrets, vendor_error=vendor_error, rewrite_error=rewrite_error)
         if "text/event-stream" not in content_type:
             raise UpstreamUnavailable(
                 f"{provider} answered a stream request with {content_type or 'no content type'} "
@@ -140,7 +161,8 @@ async def open_events(
                 provider=provider,
             )
         with map_transport_errors(provider, timeout=idle_timeout, setting=IDLE_SETTING, secrets=secrets):
-            async for event in sse_events(response):
+            lines = sse_lines(body, max_event=attempt.max_event_bytes, deadline=deadline, duration=duration)
+            async for event in sse_events(provider, lines, attempt.max_event_bytes):
                 yield event
     finally:
         await response.aclose()

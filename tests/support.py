@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 
 from bifrost_stt.server.app import create_app
+from bifrost_stt.server.connections import GuardedHttpTools
 from bifrost_stt.kernel.settings import (
     ClientConfig,
     GatewayConfig,
@@ -37,7 +38,9 @@ def serve(app: Any) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=2)
+    # The protocol `serve` runs in production (client header/body timeouts, connection cap), default limits.
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=2,
+                            http=GuardedHttpTools)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bifrost_stt.gateway.cache.policy import Cache
 from bifrost_stt.kernel.errors import Overloaded
 from bifrost_stt.gateway.jobs.runner import JobRunner
 from bifrost_stt.gateway.longaudio import LongAudio
@@ -32,6 +33,7 @@ class Gateway:
         self._configured = frozenset(config.providers)
         self._known = provider_ids | registry.known() | self._configured
         self.jobs = JobRunner(config.client)  # async transcription jobs; started and stopped with the gateway
+        self.cache = Cache(config.cache)  # the exact transcription cache; its store opens in start()
 
     @property
     def known_providers(self) -> frozenset[str]:
@@ -74,9 +76,11 @@ class Gateway:
         self._router = Router(slots, long_audio=LongAudio(self.config.long_audio, spool_dir=self.config.client.spool_dir))
         log.info("providers ready: %s", ", ".join(sorted(slots)) or "none (configure one: see README)")
         await self.jobs.start()
+        await self.cache.start()  # a broken store is logged and serves misses: never a failed start
 
     async def aclose(self) -> None:
         await self.jobs.aclose()  # first: cancelling jobs ends their upstream calls before the clients close
+        await self.cache.aclose()
         for slot in (self._router.slots.values() if self._router is not None else ()):
             close = getattr(slot.impl, "aclose", None)  # providers holding more than a client (the local engine)
             if close is not None:

@@ -91,6 +91,11 @@ class Attempt:
     timeout: float  # seconds for the whole call
     fallback_index: int = 0
     retry: int = 0
+    # Caps on what the upstream may send back (network_config.max_response_size_mb and friends): past one,
+    # the attempt fails as a 502 naming the provider and the setting. Stream duration None: ``timeout``.
+    max_response_bytes: int = 32 * 1024 * 1024
+    max_event_bytes: int = 1024 * 1024
+    max_stream_seconds: float | None = None
 
 
 @runtime_checkable

@@ -14,6 +14,11 @@
 
 ``is_bifrost_error`` is true for errors the gateway raised itself and false for errors relayed from a
 provider, as upstream Bifrost does.
+
+Secrets. ``scrub`` is the one function that masks keys in text leaving the gateway; ``scrub_error`` applies it
+to every string an error carries (type, code, param, message, headers, extra fields). Providers scrub what an
+upstream sent (bodies, stream lines, headers) with the attempt's key; the router scrubs every error again
+with every key of the provider and a client's own key.
 """
 
 from __future__ import annotations
@@ -26,23 +31,59 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _CLIENT_HEADERS = frozenset({"allow", "retry-after"})
 
 MASK = "**********"
+MIN_SECRET = 4  # shorter values are not masked: they would shred ordinary text
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s*]\S*")
 # A vendor's masked echo of a key: "sk-ab***...***e0b3" or "sk-...e0b3" (OpenAI, Azure and others).
 _MASKED_ECHO = re.compile(r"[^\s*]*\*{3,}[^\s.,;:)'\"]*|\b[\w-]{2,}(?:\.{3}|…)[\w-]{3,}\b")
 _RATE_LIMIT = re.compile(r"rate[ _-]?limit|too many requests|throttl", re.IGNORECASE)
 
 
-def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+def scrub(text: str, secrets: Iterable[str] = (), *, echoes: bool = True) -> str:
     """``text`` without any of ``secrets`` (key values), a bearer token, or a vendor's masked echo of a key.
 
     The one place that decides what a secret looks like in text; every string that leaves the gateway
-    from an upstream passes through it.
+    from an upstream passes through it. ``echoes=False`` (transcripts, stream events) masks only the exact
+    key values: a transcript may well say "bearer" or "f***".
     """
     for secret in secrets:
-        if secret and len(secret) >= 4:
+        if secret and len(secret) >= MIN_SECRET and secret in text:
             text = text.replace(secret, MASK)
-    text = _BEARER.sub(r"\1" + MASK, text)
-    return _MASKED_ECHO.sub(MASK, text)
+    if echoes:
+        text = _MASKED_ECHO.sub(MASK, _BEARER.sub(r"\1" + MASK, text))
+    return text
+
+
+def scrub_bytes(data: bytes, secrets: Iterable[str]) -> bytes:
+    """``scrub(..., echoes=False)`` on raw bytes (an upstream body or stream line before it is parsed)."""
+    for secret in secrets:
+        raw = secret.encode() if secret and len(secret) >= MIN_SECRET else b""
+        if raw and raw in data:
+            data = data.replace(raw, MASK.encode())
+    return data
+
+
+def _scrub_value(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    if isinstance(value, Mapping):
+        return {k: _scrub_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub_value(v, secrets) for v in value]
+    return value
+
+
+def scrub_error(err: GatewayError, secrets: Iterable[str] = ()) -> GatewayError:
+    """``scrub`` every string ``err`` carries, in place: message, type, code, param, headers (Retry-After ...)
+    and extra fields. Returns ``err``."""
+    keys = tuple(secrets)
+    err.message = scrub(err.message, keys)
+    err.args = (err.message,)
+    err.error_type = scrub(err.error_type, keys)
+    err.code = None if err.code is None else scrub(err.code, keys)
+    err.param = None if err.param is None else scrub(err.param, keys)
+    err.headers = {k: scrub(v, keys) for k, v in err.headers.items()}
+    err.extra = {k: _scrub_value(v, keys) for k, v in err.extra.items()}
+    return err
 
 
 class GatewayError(Exception):
@@ -112,8 +153,15 @@ class UnsupportedMediaType(ClientError):
 
 
 class Overloaded(GatewayError):
+    """503. Carries ``Retry-After`` (1 s unless the raiser says otherwise): back-pressure is temporary."""
+
     status = 503
     error_type = "service_unavailable"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        if not any(k.lower() == "retry-after" for k in self.headers):
+            self.headers["Retry-After"] = "1"
 
 
 class UpstreamError(GatewayError):

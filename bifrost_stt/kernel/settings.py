@@ -85,6 +85,10 @@ class NetworkConfig:
     retry_backoff_max: int = 5000  # ms
     stream_idle_timeout_in_seconds: float = 60.0
     max_conns_per_host: int = 256
+    # Caps on an upstream's answer (ours; a transcript is kilobytes): past one the attempt is a 502.
+    max_response_size_mb: int = 32  # one answer's body, counted as it is decompressed
+    max_stream_event_size_kb: int = 1024  # one server-sent-event line or event
+    max_stream_duration_in_seconds: float | None = None  # a whole stream; None: default_request_timeout_in_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +163,40 @@ class ServerConfig:
     workers: int = 1
     log_level: str = "info"
     spec_dir: str | None = None  # `serve --spec-dir`: a directory holding the OpenAPI document; None = bundled
+    # Client connections (bifrost_stt.server.connections): a request's headers must arrive within
+    # header_timeout; its body may pause at most body_timeout, and once it has been arriving that long it
+    # must average min_upload_rate_kb per second. max_connections 0: half the open-file limit.
+    header_timeout_in_seconds: float = 10.0
+    body_timeout_in_seconds: float = 30.0
+    min_upload_rate_kb: int = 8
+    max_connections: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStoreConfig:
+    """``vector_store`` with ``type: redis``: a Redis (or Valkey) server every gateway instance shares."""
+
+    addr: str = "127.0.0.1:6379"  # host:port
+    username: str | None = None
+    password: Secret = field(default_factory=lambda: Secret(""))
+    db: int = 0
+    use_tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """The exact transcription cache: the ``semantic_cache`` plugin entry plus ``vector_store`` (upstream's
+    shape). On by default with the embedded store; a request uses it only with a cache key."""
+
+    enabled: bool = True
+    ttl_seconds: float = 300.0
+    default_cache_key: str | None = None  # engages the cache for requests without x-bf-cache-key
+    cache_by_model: bool = True
+    cache_by_provider: bool = True
+    namespace: str = "BifrostSemanticCachePlugin"  # vector_store_namespace: the Redis key prefix
+    store_path: str | None = None  # the embedded SQLite file; None: a per-user temp dir
+    max_size_mb: int = 256  # the embedded store's bound; least recently used entries go first
+    redis: RedisStoreConfig | None = None  # None: the embedded store
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +205,7 @@ class GatewayConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     long_audio: LongAudioConfig = field(default_factory=LongAudioConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     ignored_sections: tuple[str, ...] = ()  # upstream sections accepted but not used here
     # upstream settings that would change behaviour but have no effect here (insecure_skip_verify, proxy_config ...)
     unsupported_fields: tuple[str, ...] = ()

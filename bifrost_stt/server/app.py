@@ -41,6 +41,7 @@ from starlette.responses import Response as StarletteResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bifrost_stt import handlers
+from bifrost_stt.gateway.cache import key as cache_key
 from bifrost_stt.gateway.contract import loading as spec
 from bifrost_stt.kernel.errors import (
     ClientError,
@@ -53,6 +54,7 @@ from bifrost_stt.kernel.errors import (
 from bifrost_stt.gateway.contract.multipart import UploadLimits, make_validator_map
 from bifrost_stt.gateway.compose import Gateway
 from bifrost_stt.kernel.settings import GatewayConfig
+from bifrost_stt.server.memory import TrimWhenIdle
 from bifrost_stt.gateway.contract.validation import validator_map
 
 log = logging.getLogger("bifrost_stt")
@@ -133,6 +135,7 @@ def middleware_stack(contract_body: bytes, allowed_origins: tuple[str, ...] = ()
             BifrostCORS, allow_origins=list(allowed_origins), allow_methods=["GET", "POST"],
             allow_headers=["*"], expose_headers=list(ROUTE_HEADERS),
         ))
+    stack.insert(1, TrimWhenIdle)  # memory back to the OS once idle (bifrost_stt.server.memory)
     return stack
 
 
@@ -303,6 +306,9 @@ def create_app(
         spool_threshold_bytes=config.client.spool_threshold_kb * 1024,
         reject_non_audio=config.client.reject_non_audio,
         spool_dir=config.client.spool_dir,
+        # the cache's audio digest, taken while the upload is spooled (only for requests that use the cache)
+        hasher=cache_key.audio_hasher if gateway.cache.enabled else None,
+        hash_header=None if gateway.cache.hashes_every_upload() else cache_key.KEY_HEADER.encode("latin-1"),
     )
     swagger = SwaggerUIOptions(serve_spec=False, swagger_ui=True, swagger_ui_path=DOCS_PATH, spec_path="/openapi.json")
     app = AsyncApp(__name__, lifespan=lifespan, middlewares=middleware_stack(orjson.dumps(contract), config.client.allowed_origins),

@@ -147,6 +147,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn  # imported here so `check-config` and `--help` stay fast
 
+    from bifrost_stt.server import connections
+
+    # Header/body timeouts, a minimum upload rate and a connection cap (server.* settings): see
+    # bifrost_stt.server.connections, on uvicorn's httptools protocol (uvicorn[standard] brings httptools).
+    connections.configure(connections.Limits.of(server))
+    descriptors = connections.raise_open_file_limit()
+    log.info("accepting up to %d connections (open-file limit %d)", connections.current().cap(), descriptors)
     uvicorn.run(
         APP_FACTORY,
         factory=True,
@@ -155,7 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=server.workers,
         lifespan="on",  # a broken wiring must stop the start, not turn every request into a 500
         loop="uvloop" if importlib.util.find_spec("uvloop") else "auto",
-        http="httptools" if importlib.util.find_spec("httptools") else "auto",
+        http=connections.GuardedHttpTools,
         log_level=server.log_level,
         # X-Forwarded-* rewriting wraps every request in one more middleware and nothing here reads the
         # client address or scheme: off (uvicorn's default is on).
@@ -314,11 +321,22 @@ def summary(config: GatewayConfig, path: str | None) -> list[str]:
     server = config.server
     lines.append(f"server: {server.host}:{server.port}, workers {server.workers}, log level {server.log_level}")
     lines.append(f"client: max body {config.client.max_request_body_size_mb} MB")
+    lines.append(_cache_line(config))
     if config.ignored_sections:
         lines.append("ignored (not used for transcription): " + ", ".join(config.ignored_sections))
     if config.unsupported_fields:
         lines.append("unsupported (accepted, no effect here): " + ", ".join(config.unsupported_fields))
     return lines
+
+
+def _cache_line(config: GatewayConfig) -> str:
+    cache = config.cache
+    if not cache.enabled:
+        return "cache: off"
+    where = (f"redis {cache.redis.addr} db {cache.redis.db}, namespace {cache.namespace}" if cache.redis
+             else f"embedded {cache.store_path or 'per-user temp dir'}, at most {cache.max_size_mb} MB")
+    engaged = f"default key {cache.default_cache_key!r}" if cache.default_cache_key else "x-bf-cache-key"
+    return f"cache: {where}; ttl {cache.ttl_seconds:g} s; engaged by {engaged}"
 
 
 if __name__ == "__main__":

@@ -93,7 +93,8 @@ FAULTS: dict[str, tuple[Callable[[], Reply], int, bool, str, bool]] = {
     "reset-before": (reset, 502, True, "could not reach openai", True),
     "reset-mid-body": (lambda: reset(after=5), 502, True, "openai broke off its answer", True),
     "drop": (lambda: Reply(drop=True), 502, True, "could not reach openai", True),
-    "timeout": (lambda: slow(3), 504, True, "default_request_timeout_in_seconds", True),
+    # the request timeout bounds the target as a whole: a timed-out attempt leaves no time for a retry
+    "timeout": (lambda: slow(3), 504, True, "default_request_timeout_in_seconds", False),
     "400": (lambda: status(400, "Invalid file format"), 400, False, "Invalid file format", False),
     "404-model": (lambda: status(404, "The model does not exist", code="model_not_found"), 404, False, "model", False),
 }

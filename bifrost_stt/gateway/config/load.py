@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from bifrost_stt.gateway.config.cache import build_cache
 from bifrost_stt.gateway.config.schema import CLIENT, KEY, PROVIDER, SERVER, TOP, UPSTREAM_PROVIDER_IDS
 from bifrost_stt.kernel.capabilities import ConfigSpec
 from bifrost_stt.kernel.fields import (
@@ -154,6 +155,7 @@ def from_document(document: Any, env: Mapping[str, str], known_kinds: frozenset[
         client=ClientConfig(**client),
         server=ServerConfig(**top.get("server", {})),
         long_audio=_long_audio(top.get("long_audio", {})),
+        cache=build_cache(top.get("plugins"), top.get("vector_store"), ctx),
         ignored_sections=tuple(dict.fromkeys(ctx.ignored)),
         unsupported_fields=tuple(dict.fromkeys(ctx.unsupported)),
     )

@@ -76,6 +76,9 @@ NETWORK: Mapping[str, Field] = {
     "retry_backoff_max": Field(integer(minimum=0)),  # ms
     "stream_idle_timeout_in_seconds": Field(positive_number),
     "max_conns_per_host": Field(integer(minimum=1)),
+    "max_response_size_mb": Field(integer(minimum=1)),  # our own addition
+    "max_stream_event_size_kb": Field(integer(minimum=1)),  # our own addition
+    "max_stream_duration_in_seconds": Field(positive_number),  # our own addition
     "insecure_skip_verify": Field(boolean, use="unsupported"),
     "ca_cert_pem": Field(string(), use="unsupported"),
     "enforce_http2": Field(boolean, use="unsupported"),
@@ -166,6 +169,10 @@ SERVER: Mapping[str, Field] = {
     "workers": Field(integer(minimum=1)),
     "log_level": Field(string(choices=LOG_LEVELS)),
     "spec_dir": Field(string(non_empty=True)),
+    "header_timeout_in_seconds": Field(positive_number),  # our own addition
+    "body_timeout_in_seconds": Field(positive_number),  # our own addition
+    "min_upload_rate_kb": Field(integer(minimum=0)),  # our own addition
+    "max_connections": Field(integer(minimum=0)),  # our own addition
     "read_buffer_size": Field(use="ignore"),  # upstream's own server setting
 }
 
@@ -173,8 +180,8 @@ SERVER: Mapping[str, Field] = {
 IGNORED_SECTIONS = (
     "access_profiles", "alerting", "audit_logs", "auth_config", "circuit_breaker_config", "cluster_config",
     "config_store", "encryption_key", "env_label", "feature_flags", "framework", "governance",
-    "guardrails_config", "large_payload_optimization", "load_balancer_config", "logs_store", "mcp", "plugins",
-    "scim_config", "skills_registry", "source_of_truth", "vector_store", "webhooks", "websocket",
+    "guardrails_config", "large_payload_optimization", "load_balancer_config", "logs_store", "mcp",
+    "scim_config", "skills_registry", "source_of_truth", "webhooks", "websocket",
 )
 
 TOP: Mapping[str, Field] = {
@@ -185,6 +192,9 @@ TOP: Mapping[str, Field] = {
     # 1 = upstream v1.4 semantics (an empty key `models` list allows every model); 2 (default) = denies all
     "version": Field(integer(minimum=1, maximum=2)),
     "$schema": Field(use="silent"),
+    # the cache's sections, read by bifrost_stt.gateway.config.cache (their shape lives there)
+    "plugins": Field(),
+    "vector_store": Field(),
     **{name: Field(use="ignore") for name in IGNORED_SECTIONS},
 }
 

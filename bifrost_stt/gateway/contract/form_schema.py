@@ -101,10 +101,12 @@ def coerce(name: str, values: list[str], prop: Prop) -> Any:
     if len(values) == 1 and prop.items == "string" and values[0].lstrip().startswith("["):
         try:
             decoded = json.loads(values[0])
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[" nested thousands deep
             raise ClientError(f"{name} is not a valid JSON array", param=name) from None
         if isinstance(decoded, list):
-            return decoded  # item types are checked by the schema
+            if not all(isinstance(item, str) for item in decoded):  # also refuses nesting before it goes deeper
+                raise ClientError(f"{name} must be a JSON array of strings", param=name)
+            return decoded
     return [_coerce_scalar(value, prop.items) for value in values]
 
 

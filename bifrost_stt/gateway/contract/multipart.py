@@ -17,12 +17,14 @@ Wiring: ``connexion.AsyncApp(..., validator_map=make_validator_map(limits))``. E
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
 import shutil
 import tempfile
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,11 +35,13 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope
 
-from bifrost_stt.kernel import sniff
+from bifrost_stt.kernel import counters, sniff
 from bifrost_stt.kernel.canonical import AudioSource, BytesAudio, FileAudio
 from bifrost_stt.kernel.errors import ClientError, GatewayError, Overloaded, PayloadTooLarge, UnsupportedMediaType
 from bifrost_stt.gateway.contract.form_schema import FILE_PLACEHOLDER, Plan, coerce, plan_cache, schema_error
 from bifrost_stt.gateway.contract.schema_cache import SchemaCache
+
+log = logging.getLogger("bifrost_stt.upload")
 
 SCOPE_KEY = "bifrost.form"
 """Key under ``scope["extensions"]`` where the validator leaves the ``ParsedForm``."""
@@ -59,6 +63,10 @@ class UploadLimits:
     max_text_part_bytes: int = 1 << 20
     max_parts: int = 1000
     spool_dir: str | None = None  # None: the platform's temporary directory
+    # File parts are hashed as they arrive (no second read) with a new ``hasher()`` (hashlib-like: update,
+    # digest) when the request has ``hash_header``, or always when ``hash_header`` is None. The cache's key.
+    hasher: Callable[[], Any] | None = None
+    hash_header: bytes | None = None
 
 
 @dataclass(eq=False)
@@ -71,6 +79,7 @@ class ParsedForm:
     fields: dict[str, Any] = field(default_factory=dict)
     extra: list[tuple[str, str]] = field(default_factory=list)
     files: dict[str, AudioSource] = field(default_factory=dict)
+    digests: dict[str, bytes] = field(default_factory=dict)  # file part -> digest, when hashed (UploadLimits)
 
     def __post_init__(self) -> None:
         self._finalizer = weakref.finalize(self, _close_all, self.files)
@@ -121,9 +130,10 @@ class _Spool:
     itself on growth and once more into ``bytes``, which cost CPU and fragmented the heap under load.
     """
 
-    def __init__(self, threshold: int, spool_dir: str | None) -> None:
+    def __init__(self, threshold: int, spool_dir: str | None, hasher: Any = None) -> None:
         self._threshold = threshold
         self._dir = spool_dir
+        self.hasher = hasher
         self._pieces: list[bytes] = []
         self.fd = -1
         self.size = 0
@@ -132,19 +142,18 @@ class _Spool:
     def write(self, chunk: memoryview) -> None:
         if len(self.head) < HEAD_BYTES:
             self.head += bytes(chunk[: HEAD_BYTES - len(self.head)])
-        try:
-            if self.fd < 0 and self.size + len(chunk) > self._threshold:
-                fd, path = tempfile.mkstemp(prefix="bifrost-upload-", dir=self._dir)
-                os.unlink(path)  # nothing to clean up on disk, whatever happens next
-                self.fd = fd
-                for piece in self._pieces:
-                    _write_all(fd, memoryview(piece))
-                self._pieces = []
-            if self.fd >= 0:
-                _write_all(self.fd, chunk)
-        except OSError as exc:  # the disk filled up (or the directory went away) mid-upload
-            raise spool_failed(self._dir, exc) from None
-        if self.fd < 0:
+        if self.hasher is not None:
+            self.hasher.update(chunk)
+        if self.fd < 0 and self.size + len(chunk) > self._threshold:
+            fd, path = tempfile.mkstemp(prefix="bifrost-upload-", dir=self._dir)
+            os.unlink(path)  # nothing to clean up on disk, whatever happens next
+            self.fd = fd
+            for piece in self._pieces:
+                _write_all(fd, memoryview(piece))
+            self._pieces = []
+        if self.fd >= 0:
+            _write_all(self.fd, chunk)
+        else:
             self._pieces.append(bytes(chunk))
         self.size += len(chunk)
 
@@ -163,31 +172,21 @@ class _Spool:
             self.fd = -1
 
 
-def spool_dir_name(spool_dir: str | None) -> str:
-    return spool_dir or tempfile.gettempdir()
-
-
-def spool_failed(spool_dir: str | None, exc: OSError) -> Overloaded:
-    """503 naming the spool directory; the partial file is unlinked already, so nothing is left behind."""
-    return Overloaded(
-        f"the upload could not be stored in the spool directory {spool_dir_name(spool_dir)} "
-        f"({exc.strerror or exc}); free space there or set client.spool_dir", code="spool_full",
-    )
-
-
 def check_room(declared: int, limits: UploadLimits) -> None:
     """Refuse, before reading it, a body that would not fit in the spool directory's free space."""
     if declared <= limits.spool_threshold_bytes:
         return  # kept in memory
-    where = spool_dir_name(limits.spool_dir)
+    where = limits.spool_dir or tempfile.gettempdir()
     try:
         free = shutil.disk_usage(where).free
     except OSError as exc:
-        raise spool_failed(limits.spool_dir, exc) from None
+        raise spool_full(limits.spool_dir, exc) from None
     if declared > free:
+        log.error("upload refused: %d bytes would not fit in the spool directory %s (%d free)", declared, where, free)
+        counters.count("spool_full")
         raise Overloaded(
-            f"the upload ({declared} bytes) would not fit in the spool directory {where} "
-            f"({free} bytes free); free space there or set client.spool_dir", code="spool_full",
+            f"the upload ({declared} bytes) would not fit in the spool directory {where} ({free} bytes free); "
+            "retry later", code="spool_full", headers={"Retry-After": "30"},
         )
 
 
@@ -212,9 +211,10 @@ class _FormReader:
     out of ``feed`` unchanged. ``abort`` must be called on any failure to release spooled files.
     """
 
-    def __init__(self, boundary: bytes, plan: Plan, limits: UploadLimits) -> None:
+    def __init__(self, boundary: bytes, plan: Plan, limits: UploadLimits, *, hash_files: bool = False) -> None:
         self._plan = plan
         self._limits = limits
+        self._hasher = limits.hasher if hash_files else None
         self.form = ParsedForm()
         self._texts: dict[str, list[str]] = {}
         self._parts = 0
@@ -312,7 +312,8 @@ class _FormReader:
                 if field_name in self.form.files:
                     raise ClientError(f"{field_name} must be sent only once", param=field_name)
                 part.name = field_name
-                part.spool = _Spool(self._limits.spool_threshold_bytes, self._limits.spool_dir)
+                part.spool = _Spool(self._limits.spool_threshold_bytes, self._limits.spool_dir,
+                                    self._hasher() if self._hasher is not None else None)
         self._part = part
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -362,6 +363,8 @@ class _FormReader:
                 spool.discard()  # no longer reachable through self._part: abort() would miss it
                 raise
         fmt = sniff.sniff(spool.head)
+        if spool.hasher is not None:
+            self.form.digests[part.name] = spool.hasher.digest()
         self.form.files[part.name] = spool.finish(part.filename or "", part.content_type, fmt)
 
     def _check_audio(self, name: str, head: bytes) -> None:
@@ -405,7 +408,11 @@ class MultipartFormValidator(AbstractRequestBodyValidator):
         if _declared_length(headers.get("content-length")) > limits.max_body_bytes:
             raise _too_large(limits.max_body_bytes)  # before reading anything
         check_room(_declared_length(headers.get("content-length")), limits)
-        reader = _FormReader(_boundary(headers.get("content-type")), self.plans.get(self._schema), limits)
+        hash_files = limits.hasher is not None and (
+            limits.hash_header is None or any(name == limits.hash_header for name, _ in scope["headers"])
+        )
+        reader = _FormReader(_boundary(headers.get("content-type")), self.plans.get(self._schema), limits,
+                             hash_files=hash_files)
         try:
             received = 0
             async for chunk in _body(receive):
@@ -418,14 +425,30 @@ class MultipartFormValidator(AbstractRequestBodyValidator):
                 names = ", ".join(sorted({name for name, _ in form.extra}))
                 raise ClientError(f"unknown form fields: {names}", param=form.extra[0][0])
         except BaseException as exc:
-            reader.abort()
+            reader.abort()  # closes the (already unlinked) spool file: a full disk gets its space back
             if isinstance(exc, GatewayError) or not isinstance(exc, Exception):
                 raise
+            if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+                raise spool_full(limits.spool_dir, exc) from None
             raise GatewayError(f"failed to read the upload: {type(exc).__name__}") from exc
         finally:
             reader.release()
         scope.setdefault("extensions", {})[SCOPE_KEY] = form
         return _empty_body(receive), _without_body(scope)
+
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def spool_full(spool_dir: str | None, exc: OSError) -> Overloaded:
+    """A 503 naming the spool directory, logged and counted (a full disk is the operator's to fix)."""
+    where = spool_dir or tempfile.gettempdir()
+    log.error("upload refused: the spool directory %s is full (%s)", where, exc.strerror or exc)
+    counters.count("spool_full")
+    return Overloaded(
+        f"the gateway has no room to store this upload: the spool directory {where} is full; retry later",
+        code="spool_full", headers={"Retry-After": "30"},
+    )
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:

@@ -17,6 +17,8 @@ FROM_UPSTREAM: tuple[str, ...] = (
     "litellmOpenAITranscriptions",
     "langchainOpenAITranscriptions",
     "pydanticaiOpenAITranscriptions",
+    "clearCacheByRequestId",
+    "clearCacheByCacheKey",
 )
 # Declared by openapi/overlay.yaml: our /health (upstream's has another shape) and the /openai/audio alias.
 OURS: tuple[str, ...] = ("getHealth", "openaiCreateTranscriptionAlias")

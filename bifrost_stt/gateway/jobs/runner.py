@@ -27,6 +27,7 @@ that arrives after its job was declared lost is dropped, so a poller never sees 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import sqlite3
 import time
@@ -48,7 +49,7 @@ from bifrost_stt.gateway.jobs.record import (  # noqa: F401  (the statuses are t
     JobStoreFull,
 )
 from bifrost_stt.gateway.jobs.store import SQLiteJobStore, default_store_path
-from bifrost_stt.kernel import progress
+from bifrost_stt.kernel import counters, progress
 from bifrost_stt.kernel.errors import GatewayError, Overloaded, envelope
 from bifrost_stt.kernel.settings import ClientConfig, job_result_ttl
 
@@ -153,7 +154,7 @@ class JobRunner:
                     f"{full.unfinished} async jobs are waiting or running (client.max_pending_jobs is {limit}); "
                     "retry later", code="too_many_jobs", headers={"Retry-After": "5"},
                 ) from None
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 raise self._store_error(exc) from None
         except BaseException:
             release()
@@ -211,6 +212,8 @@ class JobRunner:
         return self._store
 
     def _store_error(self, exc: Exception) -> GatewayError:
+        if _disk_full(exc):
+            counters.count("job_store_full")
         log.warning("async job store error: %s", exc)
         return Overloaded(f"the async job store failed ({exc}); retry later", code="job_store_unavailable")
 
@@ -225,6 +228,8 @@ class JobRunner:
             status, (status_code, body) = FAILED, _failure(_shut_down())
         except GatewayError as err:
             status, (status_code, body) = FAILED, _failure(err)
+        except (sqlite3.Error, OSError) as exc:  # the store could not record the start (a full disk ...)
+            status, (status_code, body) = FAILED, _failure(self._store_error(exc))
         except Exception:
             log.exception("async job %s failed inside the gateway", job.id)
             status, (status_code, body) = FAILED, _failure(
@@ -234,6 +239,11 @@ class JobRunner:
         try:
             if not await store.finish(job.id, status=status, status_code=status_code, body=body, now=self._clock()):
                 log.warning("async job %s finished after it was declared lost; its result is dropped", job.id)
+        except (sqlite3.Error, OSError) as exc:
+            # A full disk is not a bug: one line, no traceback. The job stays unfinished in the store and is
+            # failed as lost once its lease runs out, so no half-written result is ever served.
+            counters.count("job_store_full" if _disk_full(exc) else "job_store_errors")
+            log.error("async job %s: its result could not be recorded in the job store (%s)", job.id, exc)
         except Exception:
             log.exception("recording the end of async job %s failed", job.id)
         finally:
@@ -281,6 +291,11 @@ class JobRunner:
             log.warning("%d async jobs were left unfinished by a stopped gateway process; marked failed", lost)
         if purged:
             log.debug("purged %d expired async jobs", purged)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC as the OS says it, or as SQLite words it ("database or disk is full")."""
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc)
 
 
 def _failure(err: GatewayError) -> tuple[int, bytes]:

@@ -41,7 +41,7 @@ from bifrost_stt.kernel.errors import (
     GatewayError,
     PayloadTooLarge,
     UpstreamError,
-    scrub,
+    scrub_error,
 )
 from bifrost_stt.kernel.settings import KeyConfig
 
@@ -233,13 +233,18 @@ class Router:
         key = self._pick(keys, avoid=set())
         limited: set[int] = set()  # id() of the keys that hit a rate limit on this target
         retry = 0
+        # The request timeout bounds the target as a whole: retries and their backoff share it.
+        deadline = time.monotonic() + net.default_request_timeout_in_seconds
         while True:
             attempt = Attempt(
                 key=key,
                 model=key.upstream_model(request.model) if key else request.model,
-                timeout=net.default_request_timeout_in_seconds,
+                timeout=max(deadline - time.monotonic(), 0.001),
                 fallback_index=index,
                 retry=retry,
+                max_response_bytes=net.max_response_size_mb * 1024 * 1024,
+                max_event_bytes=net.max_stream_event_size_kb * 1024,
+                max_stream_seconds=net.max_stream_duration_in_seconds or net.default_request_timeout_in_seconds,
             )
             try:
                 lease = await slot.admit()
@@ -258,6 +263,10 @@ class Router:
                 retry_after = _retry_after(exc)
                 if retry_after is not None:
                     delay = min(max(delay, retry_after), net.retry_backoff_max / 1000.0)
+                if time.monotonic() + delay >= deadline:
+                    log.info("not retrying %s/%s: the request timeout (%gs) leaves no time for it",
+                             cfg.id, request.model, net.default_request_timeout_in_seconds)
+                    raise
                 if key is not None and exc.rate_limited:
                     limited.add(id(key))
                     key = self._pick(keys, avoid=limited, current=key)
@@ -284,7 +293,7 @@ class Router:
         """Fill in who failed, scrub secrets, name a rejected key, and list the attempt."""
         err.provider = err.provider or slot.reported
         err.model = err.model or request.model
-        message = scrub(err.message, secrets)
+        message = scrub_error(err, secrets).message
         if err.status in (401, 403) and key is not None and "(key " not in message:
             message += f" (key {key.name!r})"
         err.message = message

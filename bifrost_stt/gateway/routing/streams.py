@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from bifrost_stt.gateway.routing.admission import Lease
 from bifrost_stt.kernel.canonical import StreamEvent
-from bifrost_stt.kernel.errors import GatewayError, UpstreamUnavailable, scrub
+from bifrost_stt.kernel.errors import GatewayError, UpstreamUnavailable, scrub_error
 
 log = logging.getLogger("bifrost_stt.router")
 T = TypeVar("T")
@@ -36,9 +36,8 @@ async def unreadable_is_upstream(work: Awaitable[T], provider: str) -> T:
 
 
 def clean(err: GatewayError, secrets: tuple[str, ...], provider: str | None) -> None:
-    """Scrub ``err``'s message in place; name the provider (its kind) when the error does not."""
-    err.message = scrub(err.message, secrets)
-    err.args = (err.message,)
+    """Scrub every string of ``err`` in place; name the provider (its kind) when the error does not."""
+    scrub_error(err, secrets)
     err.provider = err.provider or provider
 
 

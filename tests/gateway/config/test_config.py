@@ -42,7 +42,7 @@ UPSTREAM: dict[str, Any] = {
     "config_store": {"enabled": False},
     "logs_store": {"enabled": True, "type": "sqlite", "config": {"path": "./logs.db"}},
     "governance": {"budgets": []},
-    "plugins": [],
+    "plugins": [{"enabled": True, "name": "maxim", "config": {"api_key": "x"}}],
 }
 ENV = {"OPENAI_API_KEY": SECRET, "AZURE_KEY": "az-key", "AZURE_ENDPOINT": "https://eu.openai.azure.com"}
 
@@ -87,8 +87,8 @@ def check_upstream(config: GatewayConfig) -> None:
     assert azure_key.upstream_model("gpt-4o-transcribe") == "g4o"
     assert config.client.drop_excess_requests and config.client.max_request_body_size_mb == 50
     assert config.client.allowed_origins == ("*",)
-    assert set(config.ignored_sections) >= {"encryption_key", "config_store", "logs_store", "governance", "plugins",
-                                            "client.enable_logging", "client.initial_pool_size",
+    assert set(config.ignored_sections) >= {"encryption_key", "config_store", "logs_store", "governance",
+                                            "plugins[0] (maxim)", "client.enable_logging", "client.initial_pool_size",
                                             "providers.anthropic"}
     assert "$schema" not in config.ignored_sections
     assert SECRET not in repr(config)

@@ -535,3 +535,21 @@ async def test_a_short_non_audio_file_spooled_to_disk_is_closed_when_refused() -
         r = await post(app, data={"model": "whisper-1"}, files={"file": ("a.txt", b"hello text", "text/plain")})
         assert r.status_code == 400
     assert open_fds() == before
+
+
+@pytest.mark.parametrize("size", [1000, 20_000], ids=["in-memory", "spooled"])
+async def test_file_parts_are_hashed_as_they_arrive_only_when_the_header_asks(size: int) -> None:
+    import xxhash
+
+    app = make_app(hasher=xxhash.xxh3_128, hash_header=b"x-bf-cache-key")
+    SEEN.clear()
+    audio = WAV[:44] + os.urandom(size)
+    async with client(app) as c:
+        for headers in ({}, {"x-bf-cache-key": "p"}):
+            sent = {"content-type": f"multipart/form-data; boundary={BOUNDARY}", **headers}
+            response = await c.post(URL, content=encode({"model": "whisper-1"}, {"file": ("a.wav", audio)}),
+                                    headers=sent)
+            assert response.status_code == 200, response.text
+    without, with_header = (entry["form"] for entry in SEEN)
+    assert without.digests == {}
+    assert with_header.digests == {"file": xxhash.xxh3_128(audio).digest()}
