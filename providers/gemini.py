@@ -25,6 +25,7 @@ itself is never built in memory: prefix, base64 of the file read chunk by chunk,
 
 from __future__ import annotations
 
+import re
 import secrets as _secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -49,8 +50,9 @@ from bifrost_stt.kernel.capabilities import Attempt, Capabilities
 from bifrost_stt.providers.http import base64_chunks, base64_length, parse_json, upload_filename
 from bifrost_stt.providers.wire import VendorError, event_json, fetch, key_secrets, open_events
 
-DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
-API_VERSION = "v1beta"
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"  # upstream Bifrost's default, version included
+API_VERSION = "v1beta"  # added to a base URL that names no version (``https://generativelanguage.googleapis.com``)
+_VERSIONED = re.compile(r"/v\d+(?:alpha|beta)?\d*$")  # a base URL ending in /v1beta, /v1, /v1alpha ...
 INLINE_LIMIT_BYTES = 20 * 1024 * 1024  # the whole request; Gemini answers "exceeds the limit: 20971520 bytes"
 DEFAULT_INSTRUCTION = (
     "Transcribe the speech in this audio verbatim. Answer with the transcript only: no introduction, "
@@ -332,10 +334,14 @@ class Gemini:
         return True  # every generateContent model also serves streamGenerateContent
 
     def _url(self, model: str, *, stream: bool) -> str:
+        """``{base}/models/{model}:method`` where base names the API version: an upstream config's
+        ``base_url: …/v1beta`` is used as it is; a base without a version gets ``/v1beta``."""
         base = (self.config.network.base_url or DEFAULT_BASE_URL).rstrip("/")
+        if not _VERSIONED.search(base):
+            base = f"{base}/{API_VERSION}"
         name = quote(model.removeprefix("models/"), safe="-._~")
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
-        return f"{base}/{API_VERSION}/models/{name}:{method}"
+        return f"{base}/models/{name}:{method}"
 
     def _request(self, request: TranscriptionRequest, attempt: Attempt, *, stream: bool) -> httpx.Request:
         """A fresh upstream request (its body iterator is single-use; each attempt builds its own)."""

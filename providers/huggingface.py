@@ -1,6 +1,11 @@
 """Hugging Face Inference Providers, automatic-speech-recognition task.
 
-    POST {base=https://router.huggingface.co/hf-inference}/models/{model}        Authorization: Bearer hf_...
+    POST {base=https://router.huggingface.co}/{inference provider}/models/{org}/{model}   Authorization: Bearer hf_...
+
+Model strings are upstream Bifrost's: ``<inference provider>/<org>/<model>`` (the request says
+``huggingface/hf-inference/openai/whisper-large-v3``, called at ``{base}/hf-inference/models/openai/whisper-large-v3``);
+``<org>/<model>`` is a shorthand for the ``hf-inference`` provider. A base URL that already names a route
+(``…/hf-inference``, this gateway's earlier default) or a dedicated endpoint is used as it is: ``{base}/models/{model}``.
 
     canonical request --to_parameters--> {"return_timestamps": ..., "generation_parameters": {...}}
                                           or a 400 naming what the task cannot take (language, prompt ...)
@@ -18,6 +23,7 @@ no OpenAI formats and does not stream; ``json`` and ``verbose_json`` below mean 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,8 +39,10 @@ from bifrost_stt.providers.http import base64_chunks, base64_length, parse_json,
 from bifrost_stt.providers.wire import fetch, key_secrets
 from bifrost_stt.providers.openai_compat import bearer
 
-DEFAULT_BASE_URL = "https://router.huggingface.co/hf-inference"
+DEFAULT_BASE_URL = "https://router.huggingface.co"  # upstream Bifrost's: the router, inference provider in the path
 RAW_ROUTE = "hf-inference"  # the route that takes raw audio when there are no parameters
+# one path segment of a model string: an inference provider, an org or a repository name (never "." or "..")
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 GENERATION = "generation_parameters"
 
 HUGGINGFACE = Capabilities(
@@ -110,6 +118,39 @@ def to_parameters(provider: str, request: TranscriptionRequest) -> dict[str, Any
     if generation:
         parameters[GENERATION] = generation
     return parameters
+
+
+def split_route(model: str) -> tuple[str | None, str]:
+    """``<inference provider>/<org>/<model>`` -> (provider, "org/model"); ``org/model`` or ``model`` -> (None, model).
+
+    Every segment must be a plain name: the model string becomes path segments of the upstream URL.
+    """
+    parts = model.split("/")
+    if not all(_SEGMENT.fullmatch(p) for p in parts) or len(parts) > 3:
+        raise ClientError(
+            f"invalid Hugging Face model {model!r}: use <inference provider>/<org>/<model> "
+            "(e.g. hf-inference/openai/whisper-large-v3) or <org>/<model>; names take letters, digits, '-', '_', '.'",
+            param="model",
+        )
+    if len(parts) == 3:
+        return parts[0], f"{parts[1]}/{parts[2]}"
+    return None, model
+
+
+def route_base(base: str, route: str | None) -> str:
+    """The URL that ``/models/{org}/{model}`` is appended to.
+
+    The router itself (a base without a path, upstream's form) gets the inference provider as a path segment
+    (``hf-inference`` when the model string names none); a base naming the hf-inference route (this gateway's
+    earlier default) is moved to the provider a model string names; any other base is an endpoint, used as is.
+    """
+    base = base.rstrip("/")
+    path = urlsplit(base).path
+    if not path:
+        return f"{base}/{route or RAW_ROUTE}"
+    if route and path.endswith("/" + RAW_ROUTE) and route != RAW_ROUTE:
+        return base[: -len(RAW_ROUTE)] + route
+    return base
 
 
 def accepts_raw(base_url: str) -> bool:
@@ -210,19 +251,26 @@ class HuggingFace:
     def base_url(self) -> str:
         return (self.config.network.base_url or DEFAULT_BASE_URL).rstrip("/")
 
-    def url(self, model: str) -> str:
-        """``{base}/models/{model}``, or ``base + request_path_overrides["transcription"]`` ({model} filled)."""
+    def locate(self, model: str) -> tuple[str, str]:
+        """(the route's base, the full URL) for ``model``: ``{route base}/models/{org}/{model}``, or
+        ``base + request_path_overrides["transcription"]`` ({model} filled with the model string)."""
         base = self.base_url
         override = self.config.request_path_overrides.get("transcription")
         if override:
-            return base + "/" + override.replace("{model}", model).lstrip("/")
-        return f"{base}/models/{model}"
+            return base, base + "/" + override.replace("{model}", model).lstrip("/")
+        route, repo = split_route(model)
+        routed = route_base(base, route)
+        return routed, f"{routed}/models/{repo}"
+
+    def url(self, model: str) -> str:
+        return self.locate(model)[1]
 
     def _request(self, request: TranscriptionRequest, attempt: Attempt) -> httpx.Request:
         """A fresh upstream request: raw audio when the route allows it and nothing else is asked."""
         parameters = to_parameters(self.name, request)
+        routed, url = self.locate(attempt.model)
         headers = {**bearer(attempt.key), "accept": "application/json"}  # none when key-less
-        if not parameters and accepts_raw(self.base_url):
+        if not parameters and accepts_raw(routed):
             headers["content-type"] = upload_filename(request.audio)[1]
             length, body = request.audio.size, sized_chunks(request.audio)
         else:
@@ -230,7 +278,7 @@ class HuggingFace:
             length, body = json_body(request.audio, parameters)
         headers["content-length"] = str(length)
         timeout = httpx.Timeout(attempt.timeout, connect=self.config.network.connect_timeout_in_seconds)
-        return self.client.build_request("POST", self.url(attempt.model), content=body, headers=headers, timeout=timeout)
+        return self.client.build_request("POST", url, content=body, headers=headers, timeout=timeout)
 
     async def transcribe(self, request: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult:
         """One upstream call within ``attempt.timeout`` seconds, answer in canonical form."""

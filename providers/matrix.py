@@ -61,8 +61,11 @@ def render_document() -> str:
         + render_matrix()
         + "\n"
         "- **native formats**: `response_format` values the provider renders itself (for providers without\n"
-        "  OpenAI's formats: `json` = the transcript, `verbose_json` = the transcript with timings).\n"
-        "- **native streaming**: at least one model streams over SSE; others are streamed by the gateway.\n"
+        "  OpenAI's formats: `json` = the transcript, `verbose_json` = the transcript with timings). Per model\n"
+        "  this is a first guess (gpt-4o-transcribe: json and text only); a format a model refuses is asked\n"
+        "  again as one the gateway renders from, and remembered (see [routing.md](routing.md)).\n"
+        "- **native streaming**: models are asked to stream; SSE answers are relayed, JSON answers (a model\n"
+        "  that does not stream) and providers without streaming are streamed by the gateway.\n"
         "- **max file size**: the provider's documented upload limit (the gateway's own limit is\n"
         "  `client.max_request_body_size_mb`).\n"
         "- **max audio length**: the longest audio the provider's models take (a kind's default; some models\n"
@@ -92,7 +95,33 @@ def render_document() -> str:
         "| `deepgram` | BCP-47 `language` query option | `en-US` |\n"
         "| `gemini` | a sentence in the prompt naming the language | `English (language code en-US)` |\n"
         "| `huggingface` | refused with a 400 naming `language` (the inference API has no such option) | — |\n"
+        + NOTES
     )
+
+
+# Per-kind notes: model strings and base URLs as upstream Bifrost config files write them.
+NOTES = """
+## Model strings and base URLs
+
+A request names `<provider id>/<model>`; everything after the first `/` is the provider's own model string,
+slashes included. The default base URLs are upstream Bifrost's, so an upstream config file works unchanged.
+
+- **`huggingface`**: `huggingface/<inference provider>/<org>/<model>`, as upstream writes it, e.g.
+  `huggingface/hf-inference/openai/whisper-large-v3`, called at
+  `{base}/hf-inference/models/openai/whisper-large-v3` with base `https://router.huggingface.co` (the
+  default). `huggingface/<org>/<model>` is a shorthand for the `hf-inference` provider. Only `hf-inference`
+  takes a raw audio body; other inference providers get `{"inputs": <base64>, "parameters": {...}}`. A
+  `base_url` with a path (`…/hf-inference`, or a dedicated Inference Endpoint) is used as it is:
+  `{base}/models/<org>/<model>`. Names take letters, digits, `-`, `_` and `.`; anything else is a 400.
+- **`gemini`**: base URL `https://generativelanguage.googleapis.com/v1beta` (the default); a base URL that
+  names no API version (`…googleapis.com`) gets `/v1beta`. Calls go to `{base}/models/<model>:generateContent`
+  (`:streamGenerateContent?alt=sse` when streaming).
+- **`vllm`**: `vllm/<model>`, sent to the server as it is. A key's `vllm_key_config.model_name` says which
+  model that key's server (`vllm_key_config.url`) runs, so it selects the key, as upstream: a request is
+  served by a key naming its model (or naming none); a model no key serves is a 400.
+- **custom providers** (`custom_provider_config`): `<name>/<model>`, reported as `<name>` in
+  `extra_fields.provider`, headers, errors and logs.
+"""
 
 
 def sync(path: Path) -> bool:

@@ -4,6 +4,7 @@
     JSON / verbose_json body       --to_result-------> TranscriptionResult
     text / srt / vtt body          --to_result-------> TranscriptionResult(text=body, native=body)
     SSE transcript.text.*          --to_event--------> StreamDelta / StreamDone
+    JSON answer to stream=true     --to_result-------> TranscriptionResult (the gateway streams it)
 
 For text, srt and vtt the raw body is both ``native`` (rendered unchanged by integration routes) and
 ``text`` (the unified route answers ``{"text": "<raw srt>"}`` exactly as upstream Bifrost does).
@@ -37,10 +38,10 @@ from bifrost_stt.kernel.canonical import (
 from bifrost_stt.kernel.languages import language_of
 from bifrost_stt.kernel.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
 from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig
-from bifrost_stt.kernel.capabilities import Attempt, Capabilities, ConfigSpec, KeySection
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities, ConfigSpec, KeySection, StreamItem
 from bifrost_stt.kernel.fields import Field, string, strings
 from bifrost_stt.providers.http import multipart_body, parse_json, upload_filename
-from bifrost_stt.providers.wire import event_json, fetch, open_events
+from bifrost_stt.providers.wire import Whole, event_json, fetch, open_answer
 
 ALL_FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt"})
 AZURE_DEFAULT_API_VERSION = "2024-10-21"
@@ -54,8 +55,10 @@ class Vendor:
     url_for: Callable[[str | None, Attempt], str]  # (configured base URL or None, attempt) -> full URL
     auth_headers: Callable[[KeyConfig | None], dict[str, str]]
     capabilities: Capabilities
+    # Models asked for a stream (``stream=true``); the answer decides: SSE is relayed, JSON streamed by the gateway.
     streams: Callable[[str], bool] = lambda model: False
-    # A model whose abilities differ from the vendor's (gpt-4o-transcribe: json/text only, no timestamps).
+    # A first guess at a model whose abilities differ from the vendor's (gpt-4o-transcribe: json/text only, no
+    # timestamps). Only a guess: a format the upstream refuses is learned by the router (routing/learned.py).
     model_capabilities: Callable[[str], Capabilities | None] = lambda model: None
 
 
@@ -64,13 +67,19 @@ def bearer(key: KeyConfig | None) -> dict[str, str]:
     return {"authorization": f"Bearer {key.value.reveal()}"} if key is not None and key.value else {}
 
 
+def not_whisper(model: str) -> bool:
+    """Every model is asked to stream but those named whisper* (a first guess: whisper-1 ignores ``stream``,
+    so asking would cost nothing but a server that refuses the field). The answer decides for the rest."""
+    return not model.rsplit("/", 1)[-1].lower().startswith("whisper")
+
+
 def gpt4o_diarize(model: str) -> bool:
     """gpt-4o-transcribe-diarize (and dated variants): speaker-labelled diarized_json."""
     return gpt4o_transcribe(model) and "diarize" in model.rsplit("/", 1)[-1].lower()
 
 
 def gpt4o_transcribe(model: str) -> bool:
-    """The gpt-4o(-mini)-transcribe family (dated and -diarize variants too) streams; whisper-1 does not."""
+    """The gpt-4o(-mini)-transcribe family (dated and -diarize variants too): json/text only (a first guess)."""
     name = model.rsplit("/", 1)[-1].lower()
     return name.startswith("gpt-4o") and "transcribe" in name
 
@@ -273,22 +282,31 @@ class OpenAICompatible:
             exc.provider = self.name
             raise
 
-    async def stream(self, request: TranscriptionRequest, attempt: Attempt) -> AsyncIterator[StreamEvent]:
-        """Relay the upstream SSE as canonical events.
+    async def stream(self, request: TranscriptionRequest, attempt: Attempt) -> AsyncIterator[StreamItem]:
+        """Relay the upstream SSE as canonical events, or yield the whole transcript when it answers JSON.
 
+        ``stream=true`` and the request's format go upstream as they are (the router chose the format: one
+        the gateway can render a stream from). A model that streams answers SSE; one that does not ignores
+        ``stream`` and answers JSON (OpenAI's whisper-1 does), which is yielded as one TranscriptionResult.
         Nothing runs until the first ``__anext__``, which opens the upstream response and raises
-        UpstreamError for a non-2xx or non-SSE answer before any event. Consumers should close the
-        iterator (``contextlib.aclosing``) so an abandoned stream releases its connection at once.
+        UpstreamError for a non-2xx answer, or one neither SSE nor JSON, before any event. Consumers should
+        close the iterator (``contextlib.aclosing``) so an abandoned stream releases its connection at once.
         """
-        # Stream events carry the transcript only, and streaming models refuse anything but json/text
-        # (and timestamp_granularities with it): the client's format is the gateway's business.
-        wire = replace(request, response_format="json", timestamp_granularities=())
-        events = open_events(
-            self.name, self.client, self._request(wire, attempt, stream=True), attempt,
+        fmt = request.response_format or "json"
+        answer = open_answer(
+            self.name, self.client, self._request(request, attempt, stream=True), attempt,
             idle_timeout=self.config.network.stream_idle_timeout_in_seconds,
         )
         try:
-            async for _, payload in events:
+            async for item in answer:
+                if isinstance(item, Whole):
+                    try:
+                        yield to_result(parse_json(self.name, item.response), fmt)
+                    except GatewayError as exc:
+                        exc.provider = self.name
+                        raise
+                    return
+                _, payload = item
                 if payload.strip() == "[DONE]":
                     return
                 data = event_json(self.name, payload)
@@ -299,7 +317,7 @@ class OpenAICompatible:
                         return
             raise UpstreamUnavailable(f"{self.name} ended the stream before transcript.text.done", provider=self.name)
         finally:
-            await events.aclose()
+            await answer.aclose()
 
 
 # ----------------------------------------------------------------------------------------- vendors
@@ -349,7 +367,7 @@ OPENAI = Vendor(
     capabilities=Capabilities(
         native_formats=ALL_FORMATS, native_stream=True, word_timestamps=True, segment_timestamps=True, max_file_mb=25
     ),
-    streams=gpt4o_transcribe,
+    streams=not_whisper,  # gpt-4o(-mini)-transcribe and newer models stream; an answer in JSON is streamed by us
     model_capabilities=_openai_model_capabilities,
 )
 
@@ -424,7 +442,8 @@ AZURE = Vendor(
     url_for=_azure_url,
     auth_headers=_azure_auth,
     capabilities=OPENAI.capabilities,
-    streams=gpt4o_transcribe,  # deployments are usually named after their model
+    streams=not_whisper,  # a deployment is named by its owner: ask each to stream (but whisper*), the answer decides
+    # a guess from names like "gpt-4o-transcribe" (learned otherwise), with Azure's 1,500 s audio cap for them
     model_capabilities=_azure_model_capabilities,
 )
 

@@ -4,7 +4,9 @@ Both speak OpenAI's multipart transcription protocol, so each is a ``Vendor`` of
 ``OpenAICompatible``; what differs is only where the call goes and which model it names:
 
     vllm       POST {key url | base_url}/v1/audio/transcriptions   Bearer only when the key has a value
-               a key's vllm_key_config.url / model_name override the base URL / the model per key
+               a key's vllm_key_config.url overrides the base URL; its model_name says which model the key's
+               server runs: the router picks a key serving the requested model (as upstream), which is sent
+               unchanged (a key without model_name serves any model)
     fireworks  POST {host}/v1/audio/transcriptions                 Bearer
                host by model: whisper-v3-turbo -> audio-turbo.api.fireworks.ai, others -> audio-prod...
                (``network_config.base_url`` replaces both, e.g. a dedicated endpoint)
@@ -16,13 +18,11 @@ synthesizes streams from the finished transcript.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import httpx
 
 from bifrost_stt.kernel.canonical import TranscriptionRequest, TranscriptionResult
 from bifrost_stt.kernel.errors import GatewayError
-from bifrost_stt.kernel.settings import ProviderConfig
+from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig
 from bifrost_stt.kernel.capabilities import Attempt, Capabilities, ConfigSpec, KeySection
 from bifrost_stt.kernel.fields import Field, string
 from bifrost_stt.providers.openai_compat import ALL_FORMATS, OpenAICompatible, Vendor, bearer, join_url
@@ -94,11 +94,14 @@ FIREWORKS = Vendor(
 
 
 class PerKeyServer:
-    """An OpenAICompatible whose keys may name their own model (vllm_key_config.model_name).
+    """An OpenAICompatible whose keys name the model their server runs (vllm_key_config.model_name).
 
-    The URL half of a vLLM key is handled by ``vllm_url``; the model half has to change the
-    ``Attempt`` itself, since the model goes into the multipart body.
+    The URL half of a vLLM key is handled by ``vllm_url``; the model half is key selection: the router asks
+    ``key_serves`` (kernel ``KeyAware``) and only picks keys serving the requested model. The requested model
+    is never rewritten into the key's, so ``model_deployment`` reports what was really called.
     """
+
+    key_rule = f"a key's {VLLM_KEY_SECTION}.model_name names the one model its server runs"
 
     def __init__(self, inner: OpenAICompatible) -> None:
         self.inner = inner
@@ -106,14 +109,14 @@ class PerKeyServer:
         self.client = inner.client
         self.capabilities = inner.capabilities
 
+    def key_serves(self, key: KeyConfig, model: str) -> bool:
+        """A key without ``model_name`` serves any model; one with it serves that model only (by the requested
+        name, or by the name its aliases map the request to)."""
+        served = key.section(VLLM_KEY_SECTION).get("model_name")
+        return not served or served in (model, key.upstream_model(model))
+
     async def transcribe(self, request: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult:
-        return await self.inner.transcribe(request, per_key(attempt))
-
-
-def per_key(attempt: Attempt) -> Attempt:
-    """``attempt`` with the key's ``model_name`` as the upstream model, when the key sets one."""
-    model_name = attempt.key.section(VLLM_KEY_SECTION).get("model_name") if attempt.key is not None else None
-    return replace(attempt, model=model_name) if model_name else attempt
+        return await self.inner.transcribe(request, attempt)
 
 
 def create_vllm(config: ProviderConfig, client: httpx.AsyncClient) -> PerKeyServer:

@@ -4,6 +4,7 @@ read server-sent events. Vendors differ only in how their error bodies look, whi
     fetch(...)        one request/answer; raises the mapped UpstreamError; returns the read response
     open_events(...)  an SSE stream as (event name, data) pairs; errors before the first event raise from
                       the first ``__anext__`` (so the router can still retry or fall back)
+    open_answer(...)  the same, or one ``Whole`` when the upstream answered the stream request with JSON
 
 Error hooks (both optional, tried in this order for a non-2xx answer):
     vendor_error(status, parsed JSON or None, retry headers) -> UpstreamError | None
@@ -17,6 +18,8 @@ caps, secrets masked before anything is parsed): no vendor module reads a respon
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
+from dataclasses import dataclass
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -134,8 +137,45 @@ async def open_events(
     """The upstream's server-sent events; the connection is closed when the iterator ends or is closed.
 
     The whole stream, its opening included, must end within ``attempt.max_stream_seconds`` (default
-    ``attempt.timeout``); each line and event within ``attempt.max_event_bytes``.
+    ``attempt.timeout``); each line and event within ``attempt.max_event_bytes``. Any answer but
+    ``text/event-stream`` is an error (``open_answer`` also takes a JSON one).
     """
+    answer = open_answer(provider, client, request, attempt, idle_timeout=idle_timeout, json_ok=False,
+                         vendor_error=vendor_error, rewrite_error=rewrite_error)
+    async with aclosing(answer) as items:
+        async for item in items:
+            if isinstance(item, Whole):  # not with json_ok=False; kept for the type
+                raise _not_sse(provider, item.response.headers.get("content-type", ""))
+            yield item
+
+
+@dataclass(frozen=True, slots=True)
+class Whole:
+    """A stream request answered with one JSON body instead of server-sent events."""
+
+    response: httpx.Response  # already read (bounded): ``providers.http.parse_json`` gives the vendor's object
+
+
+def _not_sse(provider: str, content_type: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        f"{provider} answered a stream request with {content_type or 'no content type'} instead of text/event-stream",
+        provider=provider,
+    )
+
+
+async def open_answer(
+    provider: str,
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    attempt: Attempt,
+    *,
+    idle_timeout: float,
+    json_ok: bool = True,
+    vendor_error: VendorError | None = None,
+    rewrite_error: RewriteError | None = None,
+) -> AsyncGenerator[tuple[str | None, str] | Whole, None]:
+    """The upstream's server-sent events, or (``json_ok``) one ``Whole`` when it answered the stream request
+    with JSON (a model that ignores ``stream``). Bounds and closing as ``open_events``."""
     secrets = key_secrets(attempt)
     duration = attempt.max_stream_seconds or attempt.timeout
     deadline = asyncio.get_running_loop().time() + duration
@@ -154,12 +194,11 @@ async def open_events(
                 async with asyncio.timeout(attempt.timeout) as window:
                     read = await body.replaced(window.when())
                 await check(provider, read, secrets, vendor_error=vendor_error, rewrite_error=rewrite_error)
+            if json_ok and "json" in content_type:
+                yield Whole(read)
+                return
         if "text/event-stream" not in content_type:
-            raise UpstreamUnavailable(
-                f"{provider} answered a stream request with {content_type or 'no content type'} "
-                "instead of text/event-stream",
-                provider=provider,
-            )
+            raise _not_sse(provider, content_type)
         with map_transport_errors(provider, timeout=idle_timeout, setting=IDLE_SETTING, secrets=secrets):
             lines = sse_lines(body, max_event=attempt.max_event_bytes, deadline=deadline, duration=duration)
             async for event in sse_events(provider, lines, attempt.max_event_bytes):

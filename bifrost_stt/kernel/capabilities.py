@@ -106,21 +106,39 @@ class Transcriber(Protocol):
 
 
 @runtime_checkable
+class KeyAware(Protocol):
+    """A provider whose keys say which models they serve beyond their ``models`` list (a vLLM key's
+    ``vllm_key_config.model_name`` names the one model its server runs). The router picks among the keys
+    that serve the requested model; the model itself is sent unchanged."""
+
+    key_rule: str  # said in the 400 when no key serves the model ("vllm_key_config.model_name ...")
+
+    def key_serves(self, key: KeyConfig, model: str) -> bool: ...
+
+
+@runtime_checkable
 class ModelAware(Protocol):
     def capabilities_for(self, model: str) -> Capabilities:
         """Capabilities of one model, where a vendor's models differ (the vendor's own otherwise)."""
         ...
 
 
+# What a stream yields: events, or (as its one item) the whole transcript when the upstream answered the
+# stream request with JSON instead of server-sent events (a model that does not stream ignores ``stream``).
+StreamItem = StreamEvent | TranscriptionResult
+
+
 @runtime_checkable
 class StreamingTranscriber(Protocol):
     def streams(self, model: str) -> bool:
-        """True when ``model`` streams natively."""
+        """True when ``model`` is to be asked for a stream: a first guess, the upstream's answer decides
+        (``stream`` may yield one TranscriptionResult, which the gateway streams itself)."""
         ...
 
-    def stream(self, request: TranscriptionRequest, attempt: Attempt) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: TranscriptionRequest, attempt: Attempt) -> AsyncIterator[StreamItem]:
         """Open the upstream stream. Errors before the first event raise UpstreamError from the iterator's
-        first ``__anext__``, so the router can still retry or fall back."""
+        first ``__anext__``, so the router can still retry or fall back. A TranscriptionResult is only ever
+        the first and only item."""
         ...
 
 

@@ -53,6 +53,8 @@ class FakeOpenAI(FakeServer):
         self.transcript = TRANSCRIPT
         self.language = "english"
         self.models: set[str] = {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-diarize"}
+        # models beyond the gpt-4o family that stream and take json/text only (a model newer than any pattern)
+        self.json_text_only: set[str] = set()
         self.done_marker = False  # also end streams with `data: [DONE]`
         self.event_delay = 0.0
 
@@ -108,10 +110,10 @@ class FakeOpenAI(FakeServer):
     def formats(self, model: str) -> tuple[str, ...]:
         if model.endswith("-diarize"):  # OpenAI: json, text and diarized_json
             return ("json", "text", "diarized_json")
-        return ("json", "text") if model.startswith("gpt-4o") else ALL_FORMATS
+        return ("json", "text") if self.streams(model) else ALL_FORMATS
 
     def streams(self, model: str) -> bool:
-        return model.startswith("gpt-4o")
+        return model.startswith("gpt-4o") or model in self.json_text_only
 
     def unknown_model(self, model: str) -> Reply:
         return error_reply(
@@ -151,7 +153,7 @@ class FakeOpenAI(FakeServer):
 
     def bad_format(self, model: str, fmt: str) -> Reply:
         return error_reply(
-            400, f"response_format '{fmt}' is not compatible with model '{model}'. Use 'json' or 'text'.",
+            400, f"response_format '{fmt}' is not compatible with model '{model}'. Use 'json' or 'text' instead.",
             param="response_format", code="unsupported_value",
         )
 

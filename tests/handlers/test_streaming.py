@@ -276,11 +276,18 @@ def test_setup_failure_raises_in_the_sdk(client: openai.OpenAI, fake_openai: Any
         list(client.audio.transcriptions.create(model=STREAMING_MODEL, file=audio_file(), stream=True))
 
 
-def test_non_sse_answer_to_a_stream_request_is_502(gateway_url: str, fake_openai: Any) -> None:
-    fake_openai.enqueue(Reply(body={"text": TRANSCRIPT}))
+def test_an_answer_neither_sse_nor_json_to_a_stream_request_is_502(gateway_url: str, fake_openai: Any) -> None:
+    fake_openai.enqueue(Reply(body="maintenance until noon", content_type="text/plain"))
     got = post_stream(gateway_url, "/v1/audio/transcriptions", {"model": f"openai/{STREAMING_MODEL}"})
     assert got.status == 502 and got.headers["content-type"] == "application/json"
     assert "text/event-stream" in orjson.loads(got.body)["error"]["message"]
+
+
+def test_a_json_answer_to_a_stream_request_is_streamed_by_the_gateway(gateway_url: str, fake_openai: Any) -> None:
+    fake_openai.enqueue(Reply(body={"text": TRANSCRIPT}))
+    got = post_stream(gateway_url, "/v1/audio/transcriptions", {"model": f"openai/{STREAMING_MODEL}"})
+    assert_well_formed(got, provider="openai", model=STREAMING_MODEL)
+    assert got.done["text"] == TRANSCRIPT and fake_openai.last.field("stream") == "true"
 
 
 def test_error_as_first_event_is_a_plain_json_error(gateway_url: str, fake_openai: Any) -> None:
@@ -303,14 +310,14 @@ def test_setup_failure_falls_back_to_another_provider(gateway_url: str, fake_ope
     assert len(fake_openai.requests) == 1 and len(fake_groq.requests) == 1
 
 
-def _assert_ends_with_one_error(got: Received, status: int) -> dict[str, Any]:
+def _assert_ends_with_one_error(got: Received, status: int, provider: str = "openai") -> dict[str, Any]:
     assert got.status == 200  # the headers were out before the failure
     assert "[DONE]" not in got.payloads
     *events, error = got.payloads
     assert all(e["type"] == "transcript.text.delta" for e in events)
     assert_conforms(error)
     assert error["status_code"] == status and error["error"]["message"]
-    assert error["extra_fields"]["provider"] == "openai"
+    assert error["extra_fields"]["provider"] == provider
     assert got.body.endswith(b"\n\n") and got.body.count(b'"error"') == 1
     return error
 
@@ -381,7 +388,8 @@ def test_non_streaming_model_is_streamed_by_the_gateway(client: openai.OpenAI, f
     assert "".join(e.delta for e in events[:-1]) == events[-1].text == TRANSCRIPT
     assert events[-1].usage is not None and events[-1].usage.type == "duration"
     upstream = fake_openai.last
-    assert upstream.field("stream") is None  # a plain transcription, with segments for the deltas
+    # known by name not to stream: a plain transcription, with segments for the deltas
+    assert upstream.field("stream") is None and len(fake_openai.requests) == 1
     assert upstream.field("response_format") == "verbose_json"
 
 
@@ -606,14 +614,20 @@ def test_docs_say_which_providers_stream_natively() -> None:
     assert rows == declared, "update the table in docs/streaming.md to match the providers' capabilities"
 
 
-def test_custom_named_provider_events_name_its_kind(start_gateway: Any, fake_openai: Any) -> None:
-    """extra_fields.provider is an enum of kinds in the contract: a custom name must not break the stream."""
+def test_custom_named_provider_events_name_it_by_its_name(start_gateway: Any, fake_openai: Any) -> None:
+    """A named custom provider is reported by its configured name in every event, the error included
+    (the overlay relaxes extra_fields.provider from the enum; the strict validator checks every event)."""
     from dataclasses import replace
 
     url = start_gateway(config_with(replace(fake_openai.provider_config(), id="eu-openai")))
     fake_openai.enqueue(Reply(events=[{"type": "transcript.text.delta", "delta": "The"}, {"error": {"message": "x"}}]))
     got = post_stream(url, "/v1/audio/transcriptions", {"model": f"eu-openai/{STREAMING_MODEL}"})
-    error = _assert_ends_with_one_error(got, 502)
-    assert got.deltas[0]["extra_fields"]["provider"] == "openai"
+    error = _assert_ends_with_one_error(got, 502, provider="eu-openai")
+    assert got.deltas[0]["extra_fields"]["provider"] == "eu-openai"
     assert got.headers["x-bifrost-provider"] == "eu-openai"
-    assert error["extra_fields"]["provider"] == "openai"
+    assert error["extra_fields"]["provider"] == "eu-openai"
+    assert fake_openai.last.field("model") == STREAMING_MODEL and fake_openai.last.field("stream") == "true"
+    fake_openai.reset()
+    whole = post_stream(url, "/v1/audio/transcriptions", {"model": f"eu-openai/{STREAMING_MODEL}"})
+    assert whole.status == 200 and whole.payloads[-1] == "[DONE]"
+    assert {p["extra_fields"]["provider"] for p in whole.payloads if isinstance(p, dict)} == {"eu-openai"}

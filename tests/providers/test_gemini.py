@@ -345,3 +345,29 @@ def test_zero_config_from_the_environment() -> None:
     cfg = load_config(None, {"GEMINI_API_KEY": "AIza-env-key"}).providers["gemini"]
     assert (cfg.kind, cfg.keys[0].name, cfg.keys[0].value.reveal()) == ("gemini", "GEMINI_API_KEY", "AIza-env-key")
     assert "gemini" in provider_ids(load_contract())
+
+
+@pytest.mark.parametrize("suffix", ["/v1beta", "/v1beta/", ""])
+def test_upstream_config_with_a_versioned_base_url_works_unchanged(
+    run_gateway: Callable[..., str], fake_gemini: FakeGemini, tmp_path: Any, suffix: str
+) -> None:
+    """Upstream's Gemini base URL includes /v1beta; a file saying so must not call /v1beta/v1beta/..."""
+    from bifrost_stt.gateway.config.load import load_config
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"providers": {"gemini": {
+        "keys": [{"name": "GEMINI_API_KEY", "value": GEMINI_KEY, "weight": 1.0, "models": ["*"]}],
+        "network_config": {"base_url": fake_gemini.url + suffix},
+    }}}))
+    url = run_gateway(load_config(path, {}))
+    with httpx.Client(base_url=url) as c:
+        r = c.post("/v1/audio/transcriptions", data={"model": f"gemini/{MODEL}"},
+                   files={"file": ("speech.wav", wav_bytes(), "audio/wav")})
+    assert r.status_code == 200 and r.json()["text"] == TRANSCRIPT
+    assert fake_gemini.last.path == f"/v1beta/models/{MODEL}:generateContent"
+
+
+def test_the_default_base_url_is_upstreams() -> None:
+    from bifrost_stt.providers.gemini import DEFAULT_BASE_URL
+
+    assert DEFAULT_BASE_URL == "https://generativelanguage.googleapis.com/v1beta"

@@ -272,3 +272,79 @@ def test_sdk_upstream_auth_error_names_the_key(sdk: openai.OpenAI, fake_huggingf
     body: Any = info.value.body
     assert "Invalid credentials" in body["message"] and "hf-main" in body["message"]
     assert HF_TOKEN not in str(info.value.response.text)
+
+
+# ------------------------------------------------------------------- upstream's model strings and base URL
+
+
+def test_route_base_and_model_strings() -> None:
+    from bifrost_stt.providers.huggingface import DEFAULT_BASE_URL, route_base, split_route
+
+    assert DEFAULT_BASE_URL == "https://router.huggingface.co"
+    assert split_route("hf-inference/openai/whisper-large-v3") == ("hf-inference", "openai/whisper-large-v3")
+    assert split_route("openai/whisper-large-v3") == (None, "openai/whisper-large-v3")
+    root = "https://router.huggingface.co"
+    assert route_base(root, None) == route_base(root + "/", "hf-inference") == root + "/hf-inference"
+    assert route_base(root, "fal-ai") == root + "/fal-ai"
+    assert route_base(root + "/hf-inference", "hf-inference") == root + "/hf-inference"
+    assert route_base(root + "/hf-inference", "fal-ai") == root + "/fal-ai"  # the earlier default, moved
+    assert route_base("https://x.endpoints.huggingface.cloud/asr", None) == "https://x.endpoints.huggingface.cloud/asr"
+    for bad in ("../secrets/x", "hf-inference/../../x", "a/b/c/d", "openai/whisper?x=1", "", "a//b"):
+        with pytest.raises(ClientError, match="invalid Hugging Face model"):
+            split_route(bad)
+
+
+@pytest.fixture
+def upstream_config_gateway(run_gateway: Any, fake_huggingface: FakeHuggingFace, tmp_path: Any) -> str:
+    """A gateway from an upstream Bifrost config file: base_url is the router itself, as upstream documents it."""
+    import json
+
+    from bifrost_stt.gateway.config.load import load_config
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"providers": {"huggingface": {
+        "keys": [{"name": "hf-main", "value": HF_TOKEN, "weight": 1.0, "models": ["*"]}],
+        "network_config": {"base_url": fake_huggingface.url},
+    }}}))
+    return run_gateway(load_config(path, {}))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("model", "path", "raw"),
+    [
+        ("huggingface/hf-inference/openai/whisper-large-v3", "/hf-inference/models/openai/whisper-large-v3", True),
+        ("huggingface/openai/whisper-large-v3", "/hf-inference/models/openai/whisper-large-v3", True),  # shorthand
+        ("huggingface/fal-ai/openai/whisper-large-v3", "/fal-ai/models/openai/whisper-large-v3", False),
+    ],
+)
+def test_upstream_model_strings_reach_the_inference_provider(
+    upstream_config_gateway: str, fake_huggingface: FakeHuggingFace, model: str, path: str, raw: bool
+) -> None:
+    with httpx.Client(base_url=upstream_config_gateway) as c:
+        r = c.post("/v1/audio/transcriptions", data={"model": model},
+                   files={"file": ("speech.wav", wav_bytes(), "audio/wav")})
+    assert r.status_code == 200, r.text
+    assert r.json()["text"].strip() == TRANSCRIPT
+    assert r.json()["extra_fields"]["model_requested"] == model.removeprefix("huggingface/")
+    seen = fake_huggingface.last
+    assert seen.path == path and seen.headers["authorization"] == f"Bearer {HF_TOKEN}"
+    assert (seen.content_type == "audio/wav") is raw and decoded_audio(seen) == wav_bytes()
+
+
+async def test_the_earlier_route_base_takes_the_full_model_string_without_doubling(
+    hf: HuggingFace, fake_huggingface: FakeHuggingFace
+) -> None:
+    """base_url ``…/hf-inference`` (this gateway's earlier default) and upstream's model string."""
+    await hf.transcribe(request(), attempt(fake_huggingface, model="hf-inference/" + MODEL))
+    assert fake_huggingface.last.path == f"/hf-inference/models/{MODEL}"
+
+
+def test_a_model_string_that_would_leave_the_route_is_a_400(
+    upstream_config_gateway: str, fake_huggingface: FakeHuggingFace
+) -> None:
+    with httpx.Client(base_url=upstream_config_gateway) as c:
+        r = c.post("/v1/audio/transcriptions", data={"model": "huggingface/hf-inference/../../v1/x"},
+                   files={"file": ("speech.wav", wav_bytes(), "audio/wav")})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+    assert "invalid Hugging Face model" in r.json()["error"]["message"]
+    assert fake_huggingface.requests == []

@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from bifrost_stt.kernel.canonical import BytesAudio, FileAudio, StreamDelta, StreamDone, StreamEvent, TranscriptionRequest
+from bifrost_stt.kernel.canonical import (
+    BytesAudio, FileAudio, StreamDelta, StreamDone, StreamEvent, TranscriptionRequest, TranscriptionResult,
+)
 from bifrost_stt.kernel.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable, envelope
 from bifrost_stt.kernel.settings import KeyConfig, NetworkConfig, ProviderConfig, Secret
 from bifrost_stt.providers import registry
@@ -174,9 +176,12 @@ def test_to_result_from_a_recorded_payload_via_mock_transport() -> None:
 # ------------------------------------------------------------------------------------------ streaming
 
 
-def test_streams_by_model(openai: OpenAICompatible) -> None:
+def test_every_model_but_whisper_is_asked_to_stream(openai: OpenAICompatible) -> None:
+    """Names are no truth: every model is asked (stream=true) and the answer decides (SSE or JSON); only a name
+    known not to stream (whisper*) is not asked, a first guess."""
     assert openai.streams("gpt-4o-transcribe") and openai.streams("gpt-4o-mini-transcribe-2025-03-20")
-    assert not openai.streams("whisper-1")
+    assert openai.streams("eu-speech-main") and openai.streams("nova-transcribe")
+    assert not openai.streams("whisper-1") and not openai.streams("openai/whisper-large-v3")
     assert isinstance(openai, Transcriber) and isinstance(openai, StreamingTranscriber)
 
 
@@ -202,8 +207,17 @@ async def test_stream_errors_raise_before_the_first_event(openai: OpenAICompatib
     assert info.value.status == 401 and info.value.code == "invalid_api_key"
 
 
-async def test_non_sse_answer_to_a_stream_is_an_error(openai: OpenAICompatible, fake_openai: FakeOpenAI) -> None:
-    # whisper-1 ignores stream=true and answers JSON: that is no stream
+async def test_a_json_answer_to_a_stream_is_the_whole_transcript(openai: OpenAICompatible, fake_openai: FakeOpenAI) -> None:
+    # whisper-1 ignores stream=true and answers JSON: one TranscriptionResult, which the gateway streams
+    got = [item async for item in openai.stream(request(response_format="verbose_json"), attempt(fake_openai))]
+    assert len(got) == 1 and isinstance(got[0], TranscriptionResult)
+    assert got[0].text == TRANSCRIPT and got[0].segments and got[0].duration == 4.5
+    seen = fake_openai.last
+    assert seen.field("stream") == "true" and seen.field("response_format") == "verbose_json"
+
+
+async def test_an_answer_neither_sse_nor_json_is_an_error(openai: OpenAICompatible, fake_openai: FakeOpenAI) -> None:
+    fake_openai.enqueue(Reply(body="maintenance until noon", content_type="text/plain"))
     stream = openai.stream(request(), attempt(fake_openai))
     with pytest.raises(UpstreamUnavailable, match="instead of text/event-stream"):
         await stream.__anext__()

@@ -79,12 +79,14 @@ async def test_per_key_url_and_model_name(fake_vllm: FakeVLLM, fake_upstream: An
     fake_vllm.api_keys = {VLLM_KEY}
     key = KeyConfig(name="gpu-a", value=Secret(VLLM_KEY),
                     sections={"vllm_key_config": {"url": fake_vllm.url + "/v1", "model_name": VLLM_MODEL}})
+    assert impl.key_serves(key, VLLM_MODEL) and not impl.key_serves(key, "whisper")
+    assert impl.key_serves(KeyConfig(name="any", sections={"vllm_key_config": {"url": "http://x"}}), "whisper")
     try:
-        result = await impl.transcribe(request(), Attempt(key=key, model="whisper", timeout=5))
+        result = await impl.transcribe(request(), Attempt(key=key, model=VLLM_MODEL, timeout=5))
         with pytest.raises(UpstreamError) as info:
             wrong = KeyConfig(name="gpu-a", value=Secret("not-the-key-123"),
                               sections={"vllm_key_config": {"url": fake_vllm.url, "model_name": VLLM_MODEL}})
-            await impl.transcribe(request(), Attempt(key=wrong, model="whisper", timeout=5))
+            await impl.transcribe(request(), Attempt(key=wrong, model=VLLM_MODEL, timeout=5))
     finally:
         await impl.client.aclose()
     assert result.text == TRANSCRIPT and fake_upstream.requests == []
@@ -157,7 +159,7 @@ def upload() -> tuple[str, bytes, str]:
 @pytest.mark.parametrize("provider", ["selfhosted", "vllm"])
 @pytest.mark.parametrize("fmt", ["json", "verbose_json", "text", "srt", "vtt"])
 def test_sdk_every_format(sdk: openai.OpenAI, fake_vllm: FakeVLLM, provider: str, fmt: str) -> None:
-    model = VLLM_MODEL if provider == "selfhosted" else "whisper"
+    model = VLLM_MODEL
     result: Any = sdk.audio.transcriptions.create(model=f"{provider}/{model}", file=upload(), response_format=fmt)  # type: ignore[call-overload]
     if fmt in ("json", "verbose_json"):
         assert result.text == TRANSCRIPT
@@ -171,7 +173,7 @@ def test_sdk_every_format(sdk: openai.OpenAI, fake_vllm: FakeVLLM, provider: str
         assert result.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:04.500\n")
     seen = fake_vllm.last
     assert seen.path == "/v1/audio/transcriptions" and "authorization" not in seen.headers  # key without a value
-    assert seen.field("model") == VLLM_MODEL  # the key's model_name for "vllm/whisper"
+    assert seen.field("model") == VLLM_MODEL  # as requested (for vllm/: the model its key's model_name names)
     # vLLM cannot render srt/vtt: the gateway asked for verbose_json and rendered them
     assert seen.field("response_format") == ("verbose_json" if fmt in ("srt", "vtt") else fmt)
     assert seen.file is not None and seen.file.data == wav_bytes()
@@ -210,9 +212,52 @@ def test_httpx_unified_route_wraps_text(sdk: openai.OpenAI, fake_vllm: FakeVLLM)
                    files={"file": upload()}, timeout=10)
     assert r.status_code == 200, r.text
     assert r.json()["text"].startswith("1\n00:00:00,000 --> ")
-    # extra_fields.provider is the contract's enum (the base kind); the header names the custom provider
-    assert r.json()["extra_fields"]["provider"] == "vllm" and r.headers["x-bifrost-provider"] == "selfhosted"
+    # a named custom provider is reported by its name, in extra_fields as in the header
+    assert r.json()["extra_fields"]["provider"] == "selfhosted" and r.headers["x-bifrost-provider"] == "selfhosted"
 
 
 def test_openai_compatible_type_is_reused_not_subclassed() -> None:
     assert not issubclass(PerKeyServer, OpenAICompatible)
+
+
+# ---------------------------------------------------- vllm_key_config.model_name selects the key (as upstream)
+
+
+@pytest.fixture
+def two_servers(run_gateway: Any, fake_vllm: FakeVLLM, tmp_path: Path) -> str:
+    """One vllm provider, two keys: each names the model its server runs (the same fake, told apart by key)."""
+    fake_vllm.api_keys = {"vllm-key-large", "vllm-key-small"}
+    document = {"providers": {"vllm": {"keys": [
+        {"name": "gpu-large", "value": "vllm-key-large", "weight": 1, "models": ["*"],
+         "vllm_key_config": {"url": fake_vllm.url, "model_name": VLLM_MODEL}},
+        {"name": "gpu-small", "value": "vllm-key-small", "weight": 1, "models": ["*"],
+         "vllm_key_config": {"url": fake_vllm.url + "/v1", "model_name": "whisper-small"}},
+    ]}}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(document))
+    return run_gateway(load_config(path, env={}))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("model", "key"), [(VLLM_MODEL, "vllm-key-large"), ("whisper-small", "vllm-key-small")])
+def test_model_name_selects_the_key_and_the_model_is_sent_unchanged(
+    two_servers: str, fake_vllm: FakeVLLM, model: str, key: str
+) -> None:
+    for _ in range(4):  # weighted random choice among keys: every time the key serving the model
+        r = httpx.post(f"{two_servers}/v1/audio/transcriptions", data={"model": f"vllm/{model}"},
+                       files={"file": upload()}, timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.json()["text"] == TRANSCRIPT
+        extra = r.json()["extra_fields"]
+        assert extra["model_requested"] == extra["model_deployment"] == model
+        assert r.headers["x-bifrost-resolved-model"] == model
+    assert [(q.field("model"), q.headers["authorization"]) for q in fake_vllm.requests] == [(model, f"Bearer {key}")] * 4
+
+
+def test_a_model_no_key_serves_is_a_400_and_never_rewritten(two_servers: str, fake_vllm: FakeVLLM) -> None:
+    r = httpx.post(f"{two_servers}/v1/audio/transcriptions", data={"model": "vllm/whisper-tiny"},
+                   files={"file": upload()}, timeout=10)
+    assert r.status_code == 400
+    body = r.json()
+    assert body["error"]["param"] == "model" and body["error"]["code"] == "model_not_allowed"
+    assert "whisper-tiny" in body["error"]["message"] and "vllm_key_config.model_name" in body["error"]["message"]
+    assert fake_vllm.requests == []

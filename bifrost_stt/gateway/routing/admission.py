@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from bifrost_stt.kernel.capabilities import Capabilities, ModelAware, StreamingTranscriber, Transcriber
+from bifrost_stt.gateway.render import plan
+from bifrost_stt.gateway.routing.learned import Learned
+from bifrost_stt.kernel.capabilities import Capabilities, KeyAware, ModelAware, StreamingTranscriber, Transcriber
 from bifrost_stt.kernel.errors import ClientError, Overloaded
 from bifrost_stt.kernel.settings import KeyConfig, LongAudioConfig, ProviderConfig, Secret
 
@@ -44,13 +46,21 @@ class Lease:
 
 
 class ProviderSlot:
-    """One configured provider: its implementation, its config and its admission queue."""
+    """One configured provider: its implementation, its config, its admission queue, and what its answers
+    taught the router about its models (``learned``: formats each refused, for a bounded time)."""
 
     def __init__(
-        self, config: ProviderConfig, impl: Transcriber, *, drop_excess: bool, limits: LongAudioConfig | None = None
+        self,
+        config: ProviderConfig,
+        impl: Transcriber,
+        *,
+        drop_excess: bool,
+        learned: Learned | None = None,
+        limits: LongAudioConfig | None = None,
     ) -> None:
         self.config = config
         self.impl = impl
+        self.learned = learned if learned is not None else Learned()
         self._limits = limits  # an operator's long_audio.limits override the declared size/duration limits
         self._slots = asyncio.Semaphore(max(1, config.concurrency.concurrency))
         self._waiting = 0
@@ -58,17 +68,20 @@ class ProviderSlot:
 
     @property
     def reported(self) -> str:
-        """How responses, stream events and errors name this provider (the contract's provider enum: a
-        custom provider reports the kind of wire it speaks)."""
-        return self.config.kind
+        """How responses, stream events, headers, errors and logs name this provider: its configured id (a
+        named custom provider by its name, as upstream does; a built-in provider's id is its kind)."""
+        return self.config.id
 
     @property
     def capabilities(self) -> Capabilities:
         return self.impl.capabilities
 
     def capabilities_for(self, model: str) -> Capabilities:
+        """The provider's first guess for ``model`` (its name patterns), less the formats it was seen to refuse."""
         impl = self.impl
-        caps = impl.capabilities_for(model) if isinstance(impl, ModelAware) else impl.capabilities
+        guess = impl.capabilities_for(model) if isinstance(impl, ModelAware) else impl.capabilities
+        refused = self.learned.refused(model)
+        caps = plan.without(guess, refused) if refused else guess
         override = self._limits.limit_for(self.config.id, model) if self._limits is not None else None
         if override is not None:
             caps = replace(caps, max_file_mb=override.max_file_mb or caps.max_file_mb,
@@ -85,10 +98,13 @@ class ProviderSlot:
         return allowed is None or request_type in allowed
 
     def streams(self, model: str) -> bool:
+        """Whether to ask ``model`` for a stream (the answer still decides: see Router.stream); not when it
+        was seen to refuse ``stream`` itself."""
         return (
             isinstance(self.impl, StreamingTranscriber)
             and self.allows("transcription_stream")
             and self.impl.streams(model)
+            and plan.STREAM not in self.learned.refused(model)
         )
 
     async def admit(self) -> Lease:
@@ -138,12 +154,24 @@ class ProviderSlot:
                 f"add it to a key's models list (or use [\"*\"])",
                 provider=cfg.id, model=model, param="model", code="model_not_allowed",
             )
-        return allowed
+        serving = [k for k in allowed if self._serves(k, model)]
+        if not serving:
+            rule = self.impl.key_rule if isinstance(self.impl, KeyAware) else ""
+            raise ClientError(
+                f"model {model!r} is not served by any key of provider {cfg.id!r} ({rule})",
+                provider=cfg.id, model=model, param="model", code="model_not_allowed",
+            )
+        return serving
+
+    def _serves(self, key: KeyConfig, model: str) -> bool:
+        """Whether ``key`` serves ``model`` by the provider's own key rule (KeyAware); True without one."""
+        impl = self.impl
+        return impl.key_serves(key, model) if isinstance(impl, KeyAware) else True
 
     def _direct(self, model: str, value: Secret) -> KeyConfig:
         """The client's key, dressed in a configured key's endpoint and aliases (Azure needs both)."""
         keys = self.config.keys
-        template = next((k for k in keys if k.allows(model)), None) or next(iter(keys), None)
+        template = next((k for k in keys if k.allows(model) and self._serves(k, model)), None) or next(iter(keys), None)
         if template is None:
             return KeyConfig(name=DIRECT_KEY_NAME, value=value)
         return replace(template, name=DIRECT_KEY_NAME, value=value, models=("*",), enabled=True)

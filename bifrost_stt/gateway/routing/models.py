@@ -1,7 +1,9 @@
 """Model names as clients send them -> (provider id, model), the way upstream Bifrost reads them.
 
 ``provider/model`` is split on the first ``/`` only when the prefix is a provider id the gateway knows
-(``distil-whisper/distil-large-v3`` stays one model name). Routes that speak a vendor's own dialect give a
+(``distil-whisper/distil-large-v3`` stays one model name). What follows the prefix is the provider's own model
+string, slashes included (``huggingface/hf-inference/openai/whisper-large-v3`` -> huggingface,
+``hf-inference/openai/whisper-large-v3``); the provider reads it. Routes that speak a vendor's own dialect give a
 bare model a default provider; the unified route requires the prefix.
 """
 

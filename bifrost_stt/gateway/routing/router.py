@@ -12,6 +12,11 @@ its own model. Per target:
     retries     ``max_retries`` extra calls on 429/500/502/503/504, network failures and rate-limit wording;
                 backoff min(initial * 2^(n-1), max) +/- 20 %, lengthened to an upstream Retry-After up to the
                 max. A rate limit moves the retry to a key not yet limited; anything else keeps the key.
+    formats     the provider is asked for what its first guess for the model says it renders
+                (``render/plan.py``); a 400 refusing that format is asked again, within the attempt, for one
+                the gateway renders the client's format from, and remembered per (provider, upstream model)
+                for a bounded time (``ProviderSlot.learned``). Streams are asked for when the provider may
+                stream; the answer decides (SSE relayed, JSON streamed by the gateway).
     fallbacks   any failure of a target except client cancellation moves on to the next target; an
                 unconfigured fallback provider is skipped and noted. When all fail the primary's error is
                 raised, with every attempt listed in ``extra_fields.attempts``.
@@ -28,14 +33,14 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from bifrost_stt.gateway.longaudio import LongAudio, Split
 from bifrost_stt.gateway.render import formats, plan
 from bifrost_stt.gateway.routing.admission import Lease, ProviderSlot
 from bifrost_stt.gateway.routing.streams import HeldStream, aiter_of, unreadable_is_upstream
 from bifrost_stt.kernel.canonical import StreamEvent, TranscriptionRequest, TranscriptionResult
-from bifrost_stt.kernel.capabilities import Attempt, Capabilities, StreamingTranscriber
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities, StreamingTranscriber, StreamItem
 from bifrost_stt.kernel.errors import (
     ClientError,
     GatewayError,
@@ -83,6 +88,24 @@ def check_size(caps: Capabilities, request: TranscriptionRequest, provider: str)
 
 
 Call = Callable[["ProviderSlot", TranscriptionRequest, Attempt], Awaitable[T]]
+Plan = Callable[[Capabilities, TranscriptionRequest, str], TranscriptionRequest]  # what to ask a provider for
+MAX_REASKS = 2  # format refusals worked around per attempt (a refusal naming what the model takes needs one)
+
+
+async def opened(events: AsyncIterator[StreamItem]) -> HeldStream:
+    """A provider's stream with its first item received: events are relayed as they come; a whole transcript
+    (the upstream answered JSON) becomes the gateway's own stream."""
+    try:
+        first = await events.__anext__()
+    except StopAsyncIteration:
+        raise UpstreamError("the upstream stream ended before any event", status=502) from None
+    if isinstance(first, TranscriptionResult):
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        return HeldStream(aiter_of(formats.synthesize_stream(first)))
+    # A TranscriptionResult only ever comes first and alone (StreamingTranscriber.stream): the rest are events.
+    return HeldStream(cast(AsyncIterator[StreamEvent], events), first=first)
 
 
 class Router:
@@ -124,7 +147,7 @@ class Router:
 
     async def _whole(self, request: TranscriptionRequest) -> tuple[TranscriptionResult, Served]:
         async def call(slot: ProviderSlot, req: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult:
-            return await slot.impl.transcribe(req, attempt)
+            return await self._asking(slot, req, attempt, plan.ask_provider, lambda wire: slot.impl.transcribe(wire, attempt))
 
         result, served, lease = await self._route(request, call, stream=False)
         lease.release()
@@ -133,22 +156,31 @@ class Router:
     async def stream(self, request: TranscriptionRequest) -> tuple[AsyncIterator[StreamEvent], Served]:
         """Open a stream; errors before the first event still retry and fall back.
 
-        The returned iterator yields the first event again, then the rest, and holds the provider's
-        concurrency slot until it is exhausted, fails or is closed (``aclose``).
+        A provider that may stream is asked to (``stream=true``) and its answer decides: server-sent events
+        are relayed, a JSON transcript (a model that does not stream ignores the flag) is streamed by the
+        gateway, as is every answer of a provider that cannot stream. The returned iterator yields the first
+        event again, then the rest, and holds the provider's concurrency slot until it is exhausted, fails or
+        is closed (``aclose``).
         """
 
         async def call(slot: ProviderSlot, req: TranscriptionRequest, attempt: Attempt) -> HeldStream:
             impl = slot.impl
             if isinstance(impl, StreamingTranscriber) and slot.streams(attempt.model):
-                events = impl.stream(req, attempt)
+                async def open_stream(wire: TranscriptionRequest) -> HeldStream:
+                    return await opened(impl.stream(wire, attempt))
+
                 try:
-                    first = await events.__anext__()
-                except StopAsyncIteration:
-                    raise UpstreamError("the upstream stream ended before any event", status=502) from None
-                return HeldStream(events, first=first)
+                    return await self._asking(slot, req, attempt, plan.for_stream, open_stream)
+                except UpstreamError as err:
+                    if not plan.refused_stream(err):
+                        raise
+                    slot.learned.refuse(attempt.model, {plan.STREAM})  # asked without stream from now on
+                    log.info("%s/%s refused stream=true; the gateway streams it (remembered for this model)",
+                             slot.config.id, attempt.model)
             # The gateway streams for this model: segments (when the provider has them) become the deltas.
-            caps = slot.capabilities_for(req.model)
-            result = await impl.transcribe(plan.for_synthesized_stream(caps, req), attempt)
+            result = await self._asking(
+                slot, req, attempt, plan.for_synthesized_stream, lambda wire: impl.transcribe(wire, attempt)
+            )
             return HeldStream(aiter_of(formats.synthesize_stream(result)))
 
         begun = time.perf_counter()
@@ -198,7 +230,7 @@ class Router:
                 check_size(caps, target, provider)
                 plan.check_diarization(caps, target, provider)
                 if not stream:
-                    target = plan.ask_provider(caps, target, provider)
+                    plan.check_timings(caps, target, provider)  # the format is chosen per attempt (_asking)
             except GatewayError as err:
                 self._note(err, slot, target, None, (), attempts)
                 primary = primary or err
@@ -280,6 +312,38 @@ class Router:
             served = Served(cfg.id, request.model, attempt.model, index, started, reported=slot.reported,
                             stream_idle_timeout=net.stream_idle_timeout_in_seconds)
             return value, served, lease
+
+    async def _asking(
+        self,
+        slot: ProviderSlot,
+        request: TranscriptionRequest,
+        attempt: Attempt,
+        plan_for: Plan,
+        send: Callable[[TranscriptionRequest], Awaitable[T]],
+    ) -> T:
+        """``send`` the request ``plan_for`` makes from what ``slot`` knows of ``attempt.model``.
+
+        When the upstream refuses the format it was asked for and the gateway can render the client's
+        format from another (``plan.refused_formats``), the refusal is remembered for the model
+        (``slot.learned``, so the next request asks for a format it takes at once) and the upstream is asked
+        again, at most ``MAX_REASKS`` times per attempt.
+        """
+        wire = plan_for(slot.capabilities_for(attempt.model), request, slot.reported)
+        for reask in range(MAX_REASKS + 1):
+            try:
+                return await send(wire)
+            except UpstreamError as err:
+                refused = plan.refused_formats(err, wire.response_format)
+                if refused is None or reask == MAX_REASKS:
+                    raise
+                slot.learned.refuse(attempt.model, refused)
+                again = plan_for(slot.capabilities_for(attempt.model), request, slot.reported)
+                if again.response_format == wire.response_format:
+                    raise
+                log.info("%s/%s refused response_format=%s; asking for %s (remembered for this model)",
+                         slot.config.id, attempt.model, wire.response_format, again.response_format)
+                wire = again
+        raise AssertionError("unreachable: the last ask returns or raises")
 
     def _note(
         self,

@@ -502,13 +502,15 @@ async def test_a_file_over_the_providers_limit_is_413_and_falls_back() -> None:
     assert getattr(info.value, "status", None) == 413 and "1 MB" in str(info.value)
 
 
-async def test_a_custom_providers_error_reports_its_kind_for_the_contract_enum() -> None:
+async def test_a_custom_provider_is_reported_by_its_configured_name() -> None:
     cfg = ProviderConfig(id="office-whisper", kind="openai", keys=(key("k"),))
     impl = ScriptedProvider([upstream(401, "bad key")])
     r = Router({"office-whisper": ProviderSlot(cfg, impl, drop_excess=False)}, rng=random.Random(1), sleep=Sleeps())
     with pytest.raises(UpstreamError) as info:
         await r.transcribe(request(provider="office-whisper"))
-    assert info.value.provider == "openai"
+    assert info.value.provider == "office-whisper"
+    _, served = await r.transcribe(request(provider="office-whisper"))
+    assert served.reported == served.provider == "office-whisper"
 
 
 async def test_granularities_do_not_matter_for_formats_that_show_no_timings() -> None:
