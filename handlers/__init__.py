@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bifrost_stt.gateway.compose import Gateway
+from bifrost_stt.handlers.governance import GovernanceHandlers
 from bifrost_stt.handlers.cache import CacheHandlers
 from bifrost_stt.handlers.health import HealthHandlers
 from bifrost_stt.handlers.jobs import JobHandlers
@@ -18,5 +19,6 @@ def operations(gateway: Gateway) -> dict[str, Callable[..., Awaitable[Any]]]:
     }
     table.update(TranscriptionHandlers(gateway).operations())
     table.update(JobHandlers(gateway).operations())
+    table.update(GovernanceHandlers(gateway).operations())
     table.update(CacheHandlers(gateway).operations())
     return table

@@ -13,6 +13,7 @@ from connexion import context
 
 from bifrost_stt.kernel.canonical import AudioSource, TranscriptionRequest
 from bifrost_stt.kernel.errors import ClientError
+from bifrost_stt.kernel.governance import VK_PREFIX
 from bifrost_stt.kernel.languages import parse_language
 from bifrost_stt.kernel.settings import Secret
 from bifrost_stt.gateway.routing.models import resolve_model, split_model
@@ -56,7 +57,8 @@ def _direct_key(headers: Mapping[str, str], route: Route) -> Secret | None:
         raw: str | None = token.strip() or None
     else:
         raw = value.strip() if route.direct_key_header != "authorization" else None
-    return Secret(raw) if raw else None
+    # an sk-bf- value is a virtual key (bifrost_stt.gateway.governance), never a provider's key
+    return Secret(raw) if raw and not raw.startswith(VK_PREFIX) else None
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

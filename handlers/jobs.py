@@ -21,6 +21,8 @@ from bifrost_stt.kernel.errors import ClientError, NotFound
 from bifrost_stt.gateway.jobs.record import COMPLETED, FAILED
 from bifrost_stt.gateway.cache.policy import Ticket
 from bifrost_stt.gateway.compose import Gateway
+from bifrost_stt.gateway.governance.service import Ticket as Charge
+from bifrost_stt.gateway.governance.service import models_of
 from bifrost_stt.handlers import outbound
 from bifrost_stt.handlers.cache import hit_served
 from bifrost_stt.handlers.inbound import UNIFIED, build_request, current_form
@@ -45,6 +47,7 @@ class JobHandlers:
         form, headers = current_form()
         try:
             request, original = build_request(self.gateway, form, headers, UNIFIED)
+            request, charge = await self.gateway.governance.admit(headers, request)
             if request.stream:
                 raise ClientError(
                     "stream is not supported for async transcriptions; drop stream, or use "
@@ -56,7 +59,7 @@ class JobHandlers:
             audio = form.files.pop("file")
             runner = self.gateway.jobs
             job = await runner.submit(
-                self._work(request, original, ticket),
+                self._work(request, original, ticket, charge),
                 ttl=requested_ttl(headers),
                 release=audio.close,
             )
@@ -65,7 +68,7 @@ class JobHandlers:
         return outbound.json_response(job.response(), 202, {"location": f"{JOBS_PATH}/{job.id}"})
 
     def _work(
-        self, request: TranscriptionRequest, original: str, ticket: Ticket | None
+        self, request: TranscriptionRequest, original: str, ticket: Ticket | None, charge: Charge
     ) -> Callable[[], Awaitable[bytes]]:
         gateway = self.gateway
 
@@ -73,9 +76,11 @@ class JobHandlers:
             hit = await ticket.lookup() if ticket is not None else None
             debug: dict[str, Any] | None
             if hit is not None:
+                charge.settle_cache_hit()
                 result, served, debug = hit.result, hit_served(hit), hit.debug
             else:
                 result, served = await gateway.router.transcribe(request)
+                await charge.settle(result, served.provider, models_of(served.model, served.deployment))
                 debug = await ticket.store(result, served) if ticket is not None else None
             response = outbound.result_response(
                 result,

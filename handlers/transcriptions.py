@@ -11,6 +11,7 @@ from connexion import context
 from starlette.responses import Response
 
 from bifrost_stt.gateway.compose import Gateway
+from bifrost_stt.gateway.governance.service import models_of
 from bifrost_stt.handlers import cache, outbound
 from bifrost_stt.handlers.inbound import AZURE, INTEGRATION, UNIFIED, Route, build_request, current_form
 
@@ -54,16 +55,20 @@ class TranscriptionHandlers:
         form, headers = current_form()
         try:
             request, original = build_request(self.gateway, form, headers, route, deployment=deployment)
+            request, charge = await self.gateway.governance.admit(headers, request)
             ticket = await self.gateway.cache.ticket(request, headers, form.digests.get("file"))
             hit = await ticket.lookup() if ticket is not None else None
             if hit is not None:  # governance: counted as a request for rate limits, costs no budget
+                charge.settle_cache_hit()
                 return cache.hit_response(hit, request, route, original)
             router = self.gateway.router
             if request.stream:
                 events, served = await cancel_on_disconnect(router.stream(request))
+                events = charge.watch(events, served.provider, models_of(served.model, served.deployment))
                 return outbound.stream_response(events, served, original_model=original,
                                                 on_done=cache.store_on_done(ticket, served))
             result, served = await cancel_on_disconnect(router.transcribe(request))
+            await charge.settle(result, served.provider, models_of(served.model, served.deployment))
             return outbound.result_response(
                 result,
                 served,

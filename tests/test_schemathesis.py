@@ -11,12 +11,14 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import schemathesis
 
 from bifrost_stt.gateway.contract import loading as spec
+from bifrost_stt.kernel.governance import ConfigStoreConfig, GovernanceConfig
 from bifrost_stt.server.app import create_app
 from tests.audio import wav_bytes
 from tests.support import config_with
@@ -140,6 +142,9 @@ def gateway(
         _fake_groq_server.provider_config(),
         job_store_path=str(tmp_path_factory.mktemp("jobs") / "jobs.sqlite3"),
     )
+    # governance on (its operations are served) but not enforced: inference needs no virtual key
+    store = ConfigStoreConfig(path=str(tmp_path_factory.mktemp("governance") / "gov.sqlite3"))
+    config = replace(config, governance=GovernanceConfig(config_store=store))
     APP.app = create_app(config)
     yield
     APP.app = None

@@ -11,6 +11,7 @@ from typing import Any
 
 from bifrost_stt.gateway.cache.policy import Cache
 from bifrost_stt.kernel.errors import Overloaded
+from bifrost_stt.gateway.governance.service import Governance
 from bifrost_stt.gateway.jobs.runner import JobRunner
 from bifrost_stt.gateway.longaudio import LongAudio
 from bifrost_stt.gateway.routing.admission import ProviderSlot
@@ -33,7 +34,13 @@ class Gateway:
         self._configured = frozenset(config.providers)
         self._known = provider_ids | registry.known() | self._configured
         self.jobs = JobRunner(config.client)  # async transcription jobs; started and stopped with the gateway
+        self.governance = Governance(config.governance, kind_of=self._kind_of)  # virtual keys, budgets, limits
         self.cache = Cache(config.cache)  # the exact transcription cache; its store opens in start()
+
+    def _kind_of(self, provider: str) -> str:
+        """A provider id's registry kind (a custom provider's base type), for the price table."""
+        cfg = self.config.providers.get(provider)
+        return cfg.kind if cfg else provider
 
     @property
     def known_providers(self) -> frozenset[str]:
@@ -75,11 +82,13 @@ class Gateway:
                                               limits=self.config.long_audio)
         self._router = Router(slots, long_audio=LongAudio(self.config.long_audio, spool_dir=self.config.client.spool_dir))
         log.info("providers ready: %s", ", ".join(sorted(slots)) or "none (configure one: see README)")
+        await self.governance.start()
         await self.jobs.start()
         await self.cache.start()  # a broken store is logged and serves misses: never a failed start
 
     async def aclose(self) -> None:
         await self.jobs.aclose()  # first: cancelling jobs ends their upstream calls before the clients close
+        await self.governance.aclose()
         await self.cache.aclose()
         for slot in (self._router.slots.values() if self._router is not None else ()):
             close = getattr(slot.impl, "aclose", None)  # providers holding more than a client (the local engine)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from bifrost_stt.kernel.governance import GovernanceConfig
+
 
 class Secret:
     """A string that prints as stars. ``reveal()`` is the only way to the value."""
@@ -205,6 +207,7 @@ class GatewayConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     long_audio: LongAudioConfig = field(default_factory=LongAudioConfig)
+    governance: GovernanceConfig = field(default_factory=GovernanceConfig)  # virtual keys, budgets, limits
     cache: CacheConfig = field(default_factory=CacheConfig)
     ignored_sections: tuple[str, ...] = ()  # upstream sections accepted but not used here
     # upstream settings that would change behaviour but have no effect here (insecure_skip_verify, proxy_config ...)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
+from contextvars import ContextVar
 from pathlib import Path
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -256,18 +258,58 @@ def _as_gateway_error(exc: Exception) -> GatewayError:
             return NotFound("no operation at this path; see /openapi.json for the contract")
         if exc.status_code == 405:
             allow = headers.get("Allow") or headers.get("allow") or ""
+            allow = _ALLOW.get(_request_path.get(), allow)
             return MethodNotAllowed(f"method not allowed; this path accepts {allow or 'other methods'}",
                                     headers={"Allow": allow} if allow else None)
         if 400 <= exc.status_code < 500:
             return ClientError(str(exc.detail), status=exc.status_code, headers=headers)
         return GatewayError(str(exc.detail), status=exc.status_code)
+    if isinstance(exc, UnicodeDecodeError):  # Connexion decodes a JSON body before validating it
+        return ClientError("the request body is not UTF-8 JSON", code="invalid_json")
     log.error("unhandled error", exc_info=exc)
     return GatewayError("internal error in the gateway; the details are in its log")
 
 
+class _Allow:
+    """Every method the contract serves on a path, for the Allow header of a 405.
+
+    Starlette answers a 405 from the first route matching the path, which knows only its own method: a path
+    with GET and POST operations said ``Allow: GET`` on a PUT.
+    """
+
+    def __init__(self) -> None:
+        self._paths: list[tuple[re.Pattern[str], str]] = []
+
+    def load(self, contract: Mapping[str, Any]) -> None:
+        methods: dict[str, set[str]] = {}
+        for method, path, _ in spec.operations(dict(contract)):
+            methods.setdefault(path, set()).add(method.upper())
+        self._paths = []
+        for path, found in methods.items():
+            if "GET" in found:
+                found.add("HEAD")
+            pattern = re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$")
+            self._paths.append((pattern, ", ".join(sorted(found))))
+
+    def get(self, path: str | None, default: str) -> str:
+        if path:
+            for pattern, allow in self._paths:
+                if pattern.match(path):
+                    return allow
+        return default
+
+
+_ALLOW = _Allow()
+_request_path: ContextVar[str | None] = ContextVar("bifrost_stt_request_path", default=None)
+
+
 def render_error(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     """The one place an error becomes an HTTP response."""
-    err = _as_gateway_error(exc)
+    token = _request_path.set(getattr(getattr(_request, "url", None), "path", None))
+    try:
+        err = _as_gateway_error(exc)
+    finally:
+        _request_path.reset(token)
     return ConnexionResponse(
         status_code=err.status,
         mimetype="application/json",
@@ -288,6 +330,7 @@ def create_app(
     if contract is None:
         contract = spec.served_contract(config.server.spec_dir)
     gateway = Gateway(config, provider_ids=spec.provider_ids(contract))
+    _ALLOW.load(contract)
     table = handlers.operations(gateway)
     missing = missing_handlers(contract, table)
     if missing:

@@ -321,12 +321,25 @@ def summary(config: GatewayConfig, path: str | None) -> list[str]:
     server = config.server
     lines.append(f"server: {server.host}:{server.port}, workers {server.workers}, log level {server.log_level}")
     lines.append(f"client: max body {config.client.max_request_body_size_mb} MB")
+    lines.append(_governance_line(config))
     lines.append(_cache_line(config))
     if config.ignored_sections:
         lines.append("ignored (not used for transcription): " + ", ".join(config.ignored_sections))
     if config.unsupported_fields:
         lines.append("unsupported (accepted, no effect here): " + ", ".join(config.unsupported_fields))
     return lines
+
+
+def _governance_line(config: GatewayConfig) -> str:
+    """One line on virtual keys and where their state lives (never a key's value)."""
+    gov = config.governance
+    if not gov.enabled:
+        return "governance: off (no governance section, config_store or enforce_auth_on_inference)"
+    store = gov.config_store.type if gov.config_store is not None else "sqlite (default file)"
+    counters = f"redis {gov.store.addr}" if gov.store is not None else "the config store's sqlite file"
+    return (f"governance: {len(gov.virtual_keys)} virtual keys, {len(gov.budgets)} budgets, "
+            f"{len(gov.rate_limits)} rate limits{', enforced' if gov.enforce else ''}; config_store {store}; "
+            f"counters in {counters}")
 
 
 def _cache_line(config: GatewayConfig) -> str:
@@ -341,3 +354,4 @@ def _cache_line(config: GatewayConfig) -> str:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from bifrost_stt.gateway.config import governance as governance_section
 from bifrost_stt.gateway.config.cache import build_cache
 from bifrost_stt.gateway.config.schema import CLIENT, KEY, PROVIDER, SERVER, TOP, UPSTREAM_PROVIDER_IDS
 from bifrost_stt.kernel.capabilities import ConfigSpec
@@ -142,6 +143,7 @@ def from_document(document: Any, env: Mapping[str, str], known_kinds: frozenset[
     top = read_section({} if document is None else document, "", TOP, ctx)
     client = top.get("client", {})
     direct_default = client.pop("allow_direct_keys", False)
+    governance = governance_section.build(top.get("governance"), top.get("config_store"), client, ctx)
     version = top.get("version", 2)
     providers: dict[str, ProviderConfig] = {}
     for pid, raw in top.get("providers", {}).items():
@@ -155,6 +157,7 @@ def from_document(document: Any, env: Mapping[str, str], known_kinds: frozenset[
         client=ClientConfig(**client),
         server=ServerConfig(**top.get("server", {})),
         long_audio=_long_audio(top.get("long_audio", {})),
+        governance=governance,
         cache=build_cache(top.get("plugins"), top.get("vector_store"), ctx),
         ignored_sections=tuple(dict.fromkeys(ctx.ignored)),
         unsupported_fields=tuple(dict.fromkeys(ctx.unsupported)),

@@ -123,9 +123,9 @@ CLIENT: Mapping[str, Field] = {
     "job_store_path": Field(string(non_empty=True)),  # our own addition: the async jobs' SQLite file
     "max_pending_jobs": Field(integer(minimum=1)),  # our own addition
     "spool_dir": Field(string(non_empty=True)),  # our own addition: where uploads and long-audio pieces spool
-    # would change who may call the gateway: reported when true, since nothing here enforces it
-    "enforce_auth_on_inference": Field(boolean, use="unsupported"),
-    "enforce_governance_header": Field(boolean, use="unsupported"),
+    # a request without a virtual key is 401 (bifrost_stt.gateway.governance)
+    "enforce_auth_on_inference": Field(boolean),
+    "enforce_governance_header": Field(boolean),
     "enforce_scim_auth": Field(boolean, use="unsupported"),
     "required_headers": Field(strings, use="unsupported"),
     **{
@@ -179,7 +179,7 @@ SERVER: Mapping[str, Field] = {
 # Upstream top-level sections that do not concern transcription (transports/config.schema.json).
 IGNORED_SECTIONS = (
     "access_profiles", "alerting", "audit_logs", "auth_config", "circuit_breaker_config", "cluster_config",
-    "config_store", "encryption_key", "env_label", "feature_flags", "framework", "governance",
+    "encryption_key", "env_label", "feature_flags", "framework",
     "guardrails_config", "large_payload_optimization", "load_balancer_config", "logs_store", "mcp",
     "scim_config", "skills_registry", "source_of_truth", "webhooks", "websocket",
 )
@@ -192,6 +192,8 @@ TOP: Mapping[str, Field] = {
     # 1 = upstream v1.4 semantics (an empty key `models` list allows every model); 2 (default) = denies all
     "version": Field(integer(minimum=1, maximum=2)),
     "$schema": Field(use="silent"),
+    "governance": Field(as_object),  # bifrost_stt.gateway.config.governance reads it
+    "config_store": Field(as_object),
     # the cache's sections, read by bifrost_stt.gateway.config.cache (their shape lives there)
     "plugins": Field(),
     "vector_store": Field(),

@@ -17,6 +17,15 @@ FROM_UPSTREAM: tuple[str, ...] = (
     "litellmOpenAITranscriptions",
     "langchainOpenAITranscriptions",
     "pydanticaiOpenAITranscriptions",
+    # governance (bifrost_stt.gateway.governance, handlers/governance.py)
+    "createVirtualKey",
+    "listVirtualKeys",
+    "getVirtualKey",
+    "updateVirtualKey",
+    "deleteVirtualKey",
+    "getVirtualKeyQuota",
+    "listBudgets",
+    "listRateLimits",
     "clearCacheByRequestId",
     "clearCacheByCacheKey",
 )

@@ -87,7 +87,7 @@ def check_upstream(config: GatewayConfig) -> None:
     assert azure_key.upstream_model("gpt-4o-transcribe") == "g4o"
     assert config.client.drop_excess_requests and config.client.max_request_body_size_mb == 50
     assert config.client.allowed_origins == ("*",)
-    assert set(config.ignored_sections) >= {"encryption_key", "config_store", "logs_store", "governance",
+    assert set(config.ignored_sections) >= {"encryption_key", "logs_store",
                                             "plugins[0] (maxim)", "client.enable_logging", "client.initial_pool_size",
                                             "providers.anthropic"}
     assert "$schema" not in config.ignored_sections
@@ -261,8 +261,8 @@ def test_unsupported_settings_reported_once() -> None:
     doc["providers"]["groq"] = {"keys": [{"name": "g"}], "network_config": {"insecure_skip_verify": False}}
     doc["client"] = {"enforce_auth_on_inference": True}
     config = load(doc)
+    assert config.governance.enforce  # enforced by bifrost_stt.gateway.governance
     assert sorted(config.unsupported_fields) == [  # insecure_skip_verify: false has our behaviour: not reported
-        "client.enforce_auth_on_inference",
         "providers.openai.network_config.ca_cert_pem",
         "providers.openai.network_config.insecure_skip_verify",
         "providers.openai.proxy_config",
@@ -379,7 +379,7 @@ def test_documented_examples_load() -> None:
     assert configs[0] == configs[1]
     assert configs[0].providers["local-whisper"].kind == "openai"
     assert configs[0].providers["azure"].keys[0].upstream_model("whisper-1") == "my-whisper-deployment"
-    assert configs[0].ignored_sections == ("config_store",)
+    assert configs[0].ignored_sections == () and configs[0].governance.config_store is None
 
 
 def test_a_key_with_a_trailing_newline_is_trimmed_and_inner_control_characters_refused() -> None:
