@@ -37,7 +37,7 @@ def error_response(err: GatewayError) -> Response:
 
 
 def extra_fields(served: Served, *, latency_ms: int, chunk_index: int = 0) -> dict[str, Any]:
-    return {
+    extra: dict[str, Any] = {
         "request_type": "transcription",
         "provider": served.reported,
         "model_requested": served.model,
@@ -45,6 +45,9 @@ def extra_fields(served: Served, *, latency_ms: int, chunk_index: int = 0) -> di
         "latency": latency_ms,
         "chunk_index": chunk_index,
     }
+    if served.pieces > 1:  # long audio, split by the gateway (bifrost_stt.gateway.longaudio)
+        extra["pieces"] = served.pieces
+    return extra
 
 
 def header_value(value: str) -> str:

@@ -32,6 +32,7 @@ def _row(kind: str, caps: Capabilities) -> str:
         _flag(caps.segment_timestamps),
         _flag(caps.diarization),
         size,
+        f"{caps.max_duration_s:g} s" if caps.max_duration_s is not None else _NO,
     )
     return "| " + " | ".join(cells) + " |"
 
@@ -40,8 +41,8 @@ def render_matrix() -> str:
     """One row per registry kind, sorted; a kind that declares no capabilities fails loudly."""
     lines = [
         "| provider | native formats | native streaming | word timestamps | segment timestamps | diarization"
-        " | max file size |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        " | max file size | max audio length |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [_row(kind, registry.capabilities(kind)) for kind in sorted(registry.known())]
     return "\n".join(lines) + "\n"
@@ -67,6 +68,9 @@ def render_document() -> str:
         "  that does not stream) and providers without streaming are streamed by the gateway.\n"
         "- **max file size**: the provider's documented upload limit (the gateway's own limit is\n"
         "  `client.max_request_body_size_mb`).\n"
+        "- **max audio length**: the longest audio the provider's models take (a kind's default; some models\n"
+        "  differ: OpenAI's gpt-4o(-mini)-transcribe ~1,400 s, Azure's ~1,500 s). Audio over either limit is\n"
+        "  split by the gateway and served in pieces ([long-audio.md](long-audio.md)).\n"
         "- A custom provider (`custom_provider_config.base_provider_type`) has the row of its base kind.\n"
         "\n"
         "## Speaker labels: `response_format=diarized_json`\n\n"

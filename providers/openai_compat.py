@@ -334,11 +334,13 @@ def join_url(base: str | None, path: str, provider: str) -> str:
     return root + path
 
 
-# OpenAI's gpt-4o(-mini)-transcribe answer json or text only, with no timings; they stream.
+# OpenAI's gpt-4o(-mini)-transcribe answer json or text only, with no timings; they stream. They refuse
+# audio longer than ~1,400 s (400 naming the duration); Azure's deployments of them ~1,500 s (AUDIO.md §2).
 GPT4O_TRANSCRIBE = Capabilities(
     native_formats=frozenset({"json", "text"}), native_stream=True, word_timestamps=False,
-    segment_timestamps=False, max_file_mb=25,
+    segment_timestamps=False, max_file_mb=25, max_duration_s=1400.0,
 )
+AZURE_GPT4O_MAX_SECONDS = 1500.0
 
 # gpt-4o-transcribe-diarize: json, text and its own diarized_json (speaker-labelled segments); it streams.
 GPT4O_DIARIZE = replace(
@@ -350,6 +352,12 @@ def _openai_model_capabilities(model: str) -> Capabilities | None:
     if gpt4o_diarize(model):
         return GPT4O_DIARIZE
     return GPT4O_TRANSCRIBE if gpt4o_transcribe(model) else None
+
+
+def _azure_model_capabilities(model: str) -> Capabilities | None:
+    """OpenAI's per model, with Azure's longer audio cap for the gpt-4o family."""
+    caps = _openai_model_capabilities(model)
+    return replace(caps, max_duration_s=AZURE_GPT4O_MAX_SECONDS) if caps is not None else None
 
 
 OPENAI = Vendor(
@@ -435,7 +443,8 @@ AZURE = Vendor(
     auth_headers=_azure_auth,
     capabilities=OPENAI.capabilities,
     streams=not_whisper,  # a deployment is named by its owner: ask each to stream (but whisper*), the answer decides
-    model_capabilities=OPENAI.model_capabilities,  # a guess from names like "gpt-4o-transcribe"; learned otherwise
+    # a guess from names like "gpt-4o-transcribe" (learned otherwise), with Azure's 1,500 s audio cap for them
+    model_capabilities=_azure_model_capabilities,
 )
 
 

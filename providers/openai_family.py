@@ -74,6 +74,7 @@ VLLM = Vendor(
         word_timestamps=False,
         segment_timestamps=True,
         max_file_mb=25,
+        max_duration_s=30.0,  # Whisper's one model pass; longer clips are split by the gateway
     ),
 )
 

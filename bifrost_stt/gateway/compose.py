@@ -18,6 +18,7 @@ from bifrost_stt.gateway.governance.service import Governance
 from bifrost_stt.gateway.jobs.runner import JobRunner
 from bifrost_stt.gateway.observe import logline, metrics, tracing
 from bifrost_stt.gateway.stores.logs import LogSink
+from bifrost_stt.gateway.longaudio import LongAudio
 from bifrost_stt.gateway.routing.admission import ProviderSlot
 from bifrost_stt.gateway.routing.router import Router
 from bifrost_stt.kernel.capabilities import ModelCatalog
@@ -88,8 +89,9 @@ class Gateway:
             client = make_client(cfg)
             self._clients.append(client)
             impl = registry.build(cfg, client)
-            slots[provider_id] = ProviderSlot(cfg, impl, drop_excess=self.config.client.drop_excess_requests)
-        self._router = Router(slots)
+            slots[provider_id] = ProviderSlot(cfg, impl, drop_excess=self.config.client.drop_excess_requests,
+                                              limits=self.config.long_audio)
+        self._router = Router(slots, long_audio=LongAudio(self.config.long_audio, spool_dir=self.config.client.spool_dir))
         log.info("providers ready: %s", ", ".join(sorted(slots)) or "none (configure one: see README)")
         metrics.keys_configured((pid, key.name) for pid, cfg in self.config.providers.items()
                                 for key in cfg.keys if key.enabled)
@@ -129,4 +131,6 @@ class Gateway:
                 await client.aclose()
             except Exception:  # shutting down: a close failure must not hide the others
                 log.exception("closing an upstream client failed")
+        if self._router is not None and self._router.long_audio is not None:
+            self._router.long_audio.close()
         self._router = None

@@ -28,6 +28,9 @@ class Capabilities:
     segment_timestamps: bool
     diarization: bool = False
     max_file_mb: int | None = None
+    # the longest audio the model takes (gpt-4o-transcribe ~1,400 s, vLLM's Whisper 30 s); None: no cap known.
+    # Longer audio is split into pieces by bifrost_stt.gateway.longaudio (its config may override both limits).
+    max_duration_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

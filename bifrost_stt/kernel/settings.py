@@ -120,7 +120,7 @@ class ProviderConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
-    max_request_body_size_mb: int = 100
+    max_request_body_size_mb: int = 1024  # long recordings are split by the gateway: an hour of WAV is ~115 MB
     drop_excess_requests: bool = False
     async_job_result_ttl: int = 3600
     job_store_path: str | None = None  # SQLite file shared by the workers; None: a per-user temp dir
@@ -131,6 +131,7 @@ class ClientConfig:
     enable_logging: bool = True  # record each request in the log store (when logs_store is enabled)
     disable_content_logging: bool = False  # keep usage and metadata, drop the transcript text
     log_retention_days: int = 365  # upstream's client-level retention; logs_store.retention_days wins
+    spool_dir: str | None = None  # where uploads and long-audio pieces are spooled; None: the temp directory
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +164,33 @@ class AuthConfig:
     def active(self) -> bool:
         """On, with a username and a password: without both there is nothing to check against."""
         return self.is_enabled and bool(self.admin_username) and bool(self.admin_password)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioLimit:
+    """An operator's override of what one provider (or one provider/model) accepts."""
+
+    max_file_mb: int | None = None
+    max_duration_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LongAudioConfig:
+    """``long_audio`` (ours): audio over a target's limits is split, sent in pieces and stitched."""
+
+    enabled: bool = True  # False: a file over the limit is refused (413) as upstream does
+    max_parallel_chunks: int = 4  # pieces of one request in flight at once
+    piece_format: str = "flac"  # "flac" (lossless) or "opus" (Ogg Opus, ~24 kbit/s: 8x smaller)
+    overlap_seconds: float = 1.0  # only where no quiet stretch exists near a cut
+    search_window_seconds: float = 20.0  # how far before a piece's end to look for the quietest stretch
+    min_piece_seconds: float = 60.0  # pieces are not made shorter than this to gain parallelism
+    carry_prompt: bool = False  # piece n+1's prompt ends with piece n's text (pieces then go one at a time)
+    max_audio_seconds: float = 6 * 3600.0  # longer audio is refused (413): its decoded samples take disk
+    # "provider" or "provider/model" -> limits replacing the declared capabilities
+    limits: Mapping[str, AudioLimit] = field(default_factory=lambda: MappingProxyType({}))
+
+    def limit_for(self, provider: str, model: str) -> AudioLimit | None:
+        return self.limits.get(f"{provider}/{model}") or self.limits.get(provider)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +244,7 @@ class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     logs_store: LogsStoreConfig = field(default_factory=LogsStoreConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)  # governance.auth_config
+    long_audio: LongAudioConfig = field(default_factory=LongAudioConfig)
     governance: GovernanceConfig = field(default_factory=GovernanceConfig)  # virtual keys, budgets, limits
     cache: CacheConfig = field(default_factory=CacheConfig)
     ignored_sections: tuple[str, ...] = ()  # upstream sections accepted but not used here

@@ -370,6 +370,7 @@ def create_app(
         max_body_bytes=config.client.max_request_body_size_mb * 1024 * 1024,
         spool_threshold_bytes=config.client.spool_threshold_kb * 1024,
         reject_non_audio=config.client.reject_non_audio,
+        spool_dir=config.client.spool_dir,
         # the cache's audio digest, taken while the upload is spooled (only for requests that use the cache)
         hasher=cache_key.audio_hasher if gateway.cache.enabled else None,
         hash_header=None if gateway.cache.hashes_every_upload() else cache_key.KEY_HEADER.encode("latin-1"),

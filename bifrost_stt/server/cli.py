@@ -21,6 +21,7 @@ from typing import Any
 from bifrost_stt.gateway.config.load import CONFIG_ENV, OVERRIDES_ENV, ConfigError, apply_overrides, load_config
 from bifrost_stt.gateway.config.schema import LOG_FORMATS, LOG_LEVELS
 from bifrost_stt.kernel.settings import GatewayConfig
+from bifrost_stt.server import transcribe
 
 EXIT_CONFIG = 2  # same status argparse uses for a usage error
 APP_FACTORY = "bifrost_stt.server.app:app_factory"
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--check", action="store_true",
                       help="write nothing; exit 1 with the change report when upstream moved (the file would change)")
     sync.set_defaults(handler=_spec_sync)
+    transcribe.add_parser(commands)  # bifrost_stt.server.transcribe
     return parser
 
 

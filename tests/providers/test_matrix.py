@@ -43,7 +43,8 @@ def test_unknown_kind_and_undeclared_capabilities_fail_loudly(monkeypatch: pytes
 def test_matrix_has_one_row_per_kind() -> None:
     rows = render_matrix().splitlines()[2:]
     assert [row.split("|")[1].strip(" `") for row in rows] == sorted(registry.known())
-    assert "| `openai` | json, text, srt, verbose_json, vtt | yes | yes | yes | — | 25 MB |" in rows
+    assert "| `openai` | json, text, srt, verbose_json, vtt | yes | yes | yes | — | 25 MB | — |" in rows
+    assert "| `vllm` | json, text, verbose_json | — | — | yes | — | 25 MB | 30 s |" in rows
 
 
 def test_sync_rewrites_only_the_marked_block(tmp_path: Path) -> None:

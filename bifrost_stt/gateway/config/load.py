@@ -38,7 +38,9 @@ from bifrost_stt.kernel.fields import (
 )
 from bifrost_stt.kernel.settings import (
     AuthConfig,
+    AudioLimit,
     ClientConfig,
+    LongAudioConfig,
     ConcurrencyConfig,
     GatewayConfig,
     KeyConfig,
@@ -159,6 +161,7 @@ def from_document(document: Any, env: Mapping[str, str], known_kinds: frozenset[
         logs_store=_logs_store(top.get("logs_store", {})),
         auth=_auth(read_section((top.get("governance") or {}).get("auth_config", {}), "governance.auth_config",
                                 AUTH, ctx)),
+        long_audio=_long_audio(top.get("long_audio", {})),
         governance=governance,
         cache=build_cache(top.get("plugins"), top.get("vector_store"), ctx),
         ignored_sections=tuple(dict.fromkeys(ctx.ignored)),
@@ -186,6 +189,11 @@ def _auth(fields: dict[str, Any]) -> AuthConfig:
             if not getattr(auth, name):
                 raise ConfigError(f"governance.auth_config.{name}", "required when is_enabled is true")
     return auth
+
+
+def _long_audio(section: dict[str, Any]) -> LongAudioConfig:
+    limits = {name: AudioLimit(**value) for name, value in section.pop("limits", {}).items()}
+    return LongAudioConfig(**section, limits=MappingProxyType(limits))
 
 
 def _provider(

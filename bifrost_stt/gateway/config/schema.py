@@ -126,6 +126,7 @@ CLIENT: Mapping[str, Field] = {
     "enable_logging": Field(boolean),
     "disable_content_logging": Field(boolean),
     "log_retention_days": Field(integer(minimum=1)),
+    "spool_dir": Field(string(non_empty=True)),  # our own addition: where uploads and long-audio pieces spool
     # a request without a virtual key is 401 (bifrost_stt.gateway.governance)
     "enforce_auth_on_inference": Field(boolean),
     "enforce_governance_header": Field(boolean),
@@ -144,6 +145,24 @@ CLIENT: Mapping[str, Field] = {
             "mcp_external_client_url", "mcp_server_auth_mode", "oauth2_server_config",
         )
     },
+}
+
+AUDIO_LIMIT: Mapping[str, Field] = {
+    "max_file_mb": Field(integer(minimum=1)),
+    "max_duration_seconds": Field(positive_number),
+}
+
+# Ours: splitting audio over a target's limits (bifrost_stt.gateway.longaudio; docs/long-audio.md).
+LONG_AUDIO: Mapping[str, Field] = {
+    "enabled": Field(boolean),
+    "max_parallel_chunks": Field(integer(minimum=1, maximum=64)),
+    "piece_format": Field(string(choices=("flac", "opus"))),
+    "overlap_seconds": Field(positive_number),
+    "search_window_seconds": Field(positive_number),
+    "min_piece_seconds": Field(positive_number),
+    "carry_prompt": Field(boolean),
+    "max_audio_seconds": Field(positive_number),
+    "limits": Field(map_of(section(AUDIO_LIMIT))),  # "provider" or "provider/model" -> limits
 }
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -205,6 +224,7 @@ TOP: Mapping[str, Field] = {
     "providers": Field(as_object),
     "client": Field(section(CLIENT)),
     "server": Field(section(SERVER)),
+    "long_audio": Field(section(LONG_AUDIO)),
     # 1 = upstream v1.4 semantics (an empty key `models` list allows every model); 2 (default) = denies all
     "version": Field(integer(minimum=1, maximum=2)),
     "$schema": Field(use="silent"),

@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import re
+import shutil
 import tempfile
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -169,6 +170,24 @@ class _Spool:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def check_room(declared: int, limits: UploadLimits) -> None:
+    """Refuse, before reading it, a body that would not fit in the spool directory's free space."""
+    if declared <= limits.spool_threshold_bytes:
+        return  # kept in memory
+    where = limits.spool_dir or tempfile.gettempdir()
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError as exc:
+        raise spool_full(limits.spool_dir, exc) from None
+    if declared > free:
+        log.error("upload refused: %d bytes would not fit in the spool directory %s (%d free)", declared, where, free)
+        counters.count("spool_full")
+        raise Overloaded(
+            f"the upload ({declared} bytes) would not fit in the spool directory {where} ({free} bytes free); "
+            "retry later", code="spool_full", headers={"Retry-After": "30"},
+        )
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -388,6 +407,7 @@ class MultipartFormValidator(AbstractRequestBodyValidator):
         headers = Headers(scope=scope)
         if _declared_length(headers.get("content-length")) > limits.max_body_bytes:
             raise _too_large(limits.max_body_bytes)  # before reading anything
+        check_room(_declared_length(headers.get("content-length")), limits)
         hash_files = limits.hasher is not None and (
             limits.hash_header is None or any(name == limits.hash_header for name, _ in scope["headers"])
         )

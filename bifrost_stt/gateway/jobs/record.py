@@ -31,6 +31,7 @@ class Job:
     expires_at: float | None = None
     status_code: int | None = None
     body: bytes | None = None
+    progress: tuple[int, int] | None = None  # (pieces done, pieces total) while a long audio job runs
 
     @property
     def finished(self) -> bool:
@@ -45,6 +46,8 @@ class Job:
             out["expires_at"] = utc(self.expires_at)
         if self.status_code is not None:
             out["status_code"] = self.status_code
+        if self.progress is not None:
+            out["progress"] = {"pieces_done": self.progress[0], "pieces_total": self.progress[1]}
         if self.body is not None:
             out["result" if self.status == COMPLETED else "error"] = orjson.Fragment(self.body)
         return out
@@ -74,6 +77,9 @@ class JobStore(Protocol):
 
     async def finish(self, job_id: str, *, status: str, status_code: int, body: bytes, now: float) -> bool:
         """An unfinished job → ``status``, expiring ``result_ttl`` after ``now``; False if already finished."""
+
+    async def progress(self, job_id: str, *, done: int, total: int) -> None:
+        """An unfinished job has ``done`` of ``total`` pieces transcribed (long audio)."""
 
     async def renew(self, job_ids: Collection[str], *, lease_until: float) -> None: ...
 

@@ -49,7 +49,7 @@ from bifrost_stt.gateway.jobs.record import (  # noqa: F401  (the statuses are t
     JobStoreFull,
 )
 from bifrost_stt.gateway.jobs.store import SQLiteJobStore, default_store_path
-from bifrost_stt.kernel import counters
+from bifrost_stt.kernel import counters, progress
 from bifrost_stt.kernel.errors import GatewayError, Overloaded, envelope
 from bifrost_stt.kernel.settings import ClientConfig, job_result_ttl
 
@@ -222,7 +222,8 @@ class JobRunner:
         assert store is not None
         try:
             await store.start(job.id, lease_until=self._clock() + self._lease)
-            status, status_code, body = COMPLETED, 200, await work()
+            with progress.reporting(self._reporter(store, job.id)):
+                status, status_code, body = COMPLETED, 200, await work()
         except asyncio.CancelledError:
             status, (status_code, body) = FAILED, _failure(_shut_down())
         except GatewayError as err:
@@ -247,6 +248,25 @@ class JobRunner:
             log.exception("recording the end of async job %s failed", job.id)
         finally:
             self._tasks.pop(job.id, None)
+
+    def _reporter(self, store: JobStore, job_id: str) -> Callable[[int, int], None]:
+        """Progress the work reports (kernel.progress) written to the store in order, never awaited by it."""
+        writes: list[asyncio.Task[None]] = []
+
+        def report(done: int, total: int) -> None:
+            previous = writes[-1] if writes else None
+
+            async def write() -> None:
+                if previous is not None:
+                    await asyncio.gather(previous, return_exceptions=True)
+                try:
+                    await store.progress(job_id, done=done, total=total)
+                except Exception as exc:  # progress is a courtesy: the job goes on without it
+                    log.debug("recording progress of async job %s failed: %s", job_id, exc)
+
+            writes[:] = [asyncio.get_running_loop().create_task(write())]
+
+        return report
 
     async def _maintain(self) -> None:
         next_sweep = self._clock() + self._sweep_every

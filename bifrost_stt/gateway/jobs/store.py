@@ -18,7 +18,7 @@ from bifrost_stt.gateway.jobs.record import FAILED, PENDING, PROCESSING, Job, Jo
 T = TypeVar("T")
 
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: pieces_done / pieces_total (long audio's progress)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS transcription_jobs (
     id           TEXT PRIMARY KEY,
@@ -29,11 +29,17 @@ CREATE TABLE IF NOT EXISTS transcription_jobs (
     completed_at REAL,
     expires_at   REAL,
     status_code  INTEGER,
-    body         BLOB
+    body         BLOB,
+    pieces_done  INTEGER,
+    pieces_total INTEGER
 );
 CREATE INDEX IF NOT EXISTS transcription_jobs_unfinished ON transcription_jobs (status, lease_until);
 CREATE INDEX IF NOT EXISTS transcription_jobs_expiry ON transcription_jobs (expires_at);
 """
+_TO_2 = (  # a version-1 file gains the progress columns
+    "ALTER TABLE transcription_jobs ADD COLUMN pieces_done INTEGER",
+    "ALTER TABLE transcription_jobs ADD COLUMN pieces_total INTEGER",
+)
 _COLUMNS = "id, status, created_at, result_ttl, lease_until, completed_at, expires_at, status_code, body"
 _UNFINISHED = f"status IN ('{PENDING}', '{PROCESSING}')"
 
@@ -70,8 +76,14 @@ class SQLiteJobStore:
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version > _SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"job store schema {version} is newer than this gateway's")
-            if version < _SCHEMA_VERSION:  # idempotent: two processes may both get here
-                db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {_SCHEMA_VERSION}; COMMIT;")
+            if version < _SCHEMA_VERSION:  # two processes may both get here: the second finds it done
+                with _transaction(db):
+                    (version,) = db.execute("PRAGMA user_version").fetchone()
+                    if version < _SCHEMA_VERSION:
+                        for statement in (*(_TO_2 if version == 1 else ()), *_SCHEMA.split(";")):
+                            if statement.strip():
+                                db.execute(statement)
+                        db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         except BaseException:
             db.close()
             raise
@@ -98,14 +110,21 @@ class SQLiteJobStore:
 
     def _get(self, job_id: str, now: float) -> Job | None:
         row = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM transcription_jobs WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
+            f"SELECT {_COLUMNS}, pieces_done, pieces_total FROM transcription_jobs "
+            "WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
             (job_id, now),
         ).fetchone()
         if row is None:
             return None
-        job_id, status, created, ttl, lease, completed, expires, status_code, body = row
+        job_id, status, created, ttl, lease, completed, expires, status_code, body, done, total = row
         return Job(job_id, status, created, ttl, lease, completed, expires, status_code,
-                   None if body is None else bytes(body))
+                   None if body is None else bytes(body), None if total is None else (done or 0, total))
+
+    def _progress(self, job_id: str, done: int, total: int) -> None:
+        self._conn().execute(
+            f"UPDATE transcription_jobs SET pieces_done = ?, pieces_total = ? WHERE id = ? AND {_UNFINISHED}",
+            (done, total, job_id),
+        )
 
     def _start(self, job_id: str, lease_until: float) -> bool:
         cursor = self._conn().execute(
@@ -163,6 +182,9 @@ class SQLiteJobStore:
 
     async def finish(self, job_id: str, *, status: str, status_code: int, body: bytes, now: float) -> bool:
         return await self._call(self._finish, job_id, status, status_code, body, now)
+
+    async def progress(self, job_id: str, *, done: int, total: int) -> None:
+        await self._call(self._progress, job_id, done, total)
 
     async def renew(self, job_ids: Collection[str], *, lease_until: float) -> None:
         if job_ids:

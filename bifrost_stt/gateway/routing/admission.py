@@ -13,7 +13,7 @@ from bifrost_stt.gateway.render import plan
 from bifrost_stt.gateway.routing.learned import Learned
 from bifrost_stt.kernel.capabilities import Capabilities, KeyAware, ModelAware, StreamingTranscriber, Transcriber
 from bifrost_stt.kernel.errors import ClientError, Overloaded
-from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig, Secret
+from bifrost_stt.kernel.settings import KeyConfig, LongAudioConfig, ProviderConfig, Secret
 
 DIRECT_KEY_NAME = "client-supplied"
 
@@ -50,11 +50,18 @@ class ProviderSlot:
     taught the router about its models (``learned``: formats each refused, for a bounded time)."""
 
     def __init__(
-        self, config: ProviderConfig, impl: Transcriber, *, drop_excess: bool, learned: Learned | None = None
+        self,
+        config: ProviderConfig,
+        impl: Transcriber,
+        *,
+        drop_excess: bool,
+        learned: Learned | None = None,
+        limits: LongAudioConfig | None = None,
     ) -> None:
         self.config = config
         self.impl = impl
         self.learned = learned if learned is not None else Learned()
+        self._limits = limits  # an operator's long_audio.limits override the declared size/duration limits
         self._slots = asyncio.Semaphore(max(1, config.concurrency.concurrency))
         self._waiting = 0
         self._drop_excess = drop_excess
@@ -74,7 +81,12 @@ class ProviderSlot:
         impl = self.impl
         guess = impl.capabilities_for(model) if isinstance(impl, ModelAware) else impl.capabilities
         refused = self.learned.refused(model)
-        return plan.without(guess, refused) if refused else guess
+        caps = plan.without(guess, refused) if refused else guess
+        override = self._limits.limit_for(self.config.id, model) if self._limits is not None else None
+        if override is not None:
+            caps = replace(caps, max_file_mb=override.max_file_mb or caps.max_file_mb,
+                           max_duration_s=override.max_duration_seconds or caps.max_duration_s)
+        return caps
 
     @property
     def waiting(self) -> int:

@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
+from bifrost_stt.gateway.longaudio import LongAudio, Split
 from bifrost_stt.gateway.render import formats, plan
 from bifrost_stt.gateway.routing.admission import Lease, ProviderSlot
 from bifrost_stt.gateway.routing.streams import HeldStream, aiter_of, unreadable_is_upstream
@@ -65,6 +66,7 @@ class Served:
     started: float  # perf_counter when the winning upstream call started (after admission)
     reported: str  # the provider as extra_fields and stream events name it
     stream_idle_timeout: float  # seconds of upstream silence a stream tolerates (its provider's setting)
+    pieces: int = 1  # long audio: how many pieces served the request (bifrost_stt.gateway.longaudio)
 
 
 # --------------------------------------------------------------------------------------------- policy
@@ -114,8 +116,10 @@ class Router:
         *,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        long_audio: LongAudio | None = None,
     ) -> None:
         self.slots = dict(slots)
+        self.long_audio = long_audio
         self._rng = rng or random.Random()
         self._sleep = sleep
 
@@ -126,6 +130,23 @@ class Router:
     # -- public API -------------------------------------------------------------------------------
 
     async def transcribe(self, request: TranscriptionRequest) -> tuple[TranscriptionResult, Served]:
+        begun = time.perf_counter()
+        split = await self._split(request)
+        if split is not None:  # audio a target cannot take whole: pieces through _whole, stitched
+            async with split:
+                result, served = await split.transcribe(self._whole)
+            return result, replace(max(served, key=lambda s: s.fallback_index), pieces=len(served), started=begun)
+        return await self._whole(request)
+
+    async def _split(self, request: TranscriptionRequest) -> Split | None:
+        """Pieces when the primary target cannot take the audio whole (bifrost_stt.gateway.longaudio)."""
+        if self.long_audio is None:
+            return None
+        slots = self.slots
+        targets = [(p, m, slots[p].capabilities_for(m) if p in slots else None) for p, m in self._targets(request)]
+        return await self.long_audio.prepare(request, targets)
+
+    async def _whole(self, request: TranscriptionRequest) -> tuple[TranscriptionResult, Served]:
         async def call(slot: ProviderSlot, req: TranscriptionRequest, attempt: Attempt) -> TranscriptionResult:
             return await self._asking(slot, req, attempt, plan.ask_provider, lambda wire: slot.impl.transcribe(wire, attempt))
 
@@ -163,6 +184,11 @@ class Router:
             )
             return HeldStream(aiter_of(formats.synthesize_stream(result)))
 
+        begun = time.perf_counter()
+        split = await self._split(request)
+        if split is not None:  # pieces transcribed whole, their texts streamed in audio order
+            pieces, first = await split.stream(self._whole)
+            return pieces, replace(first, pieces=len(split.pieces), started=begun)
         events, served, lease = await self._route(request, call, stream=True)
         slot = self.slots[served.provider]
         direct = request.direct_key if served.provider == request.provider else None
