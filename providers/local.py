@@ -274,6 +274,8 @@ class Local:
         else:  # built by hand (tests, embedding): the defaults, not upstream's 1000 in flight
             self.options, limits = read_options({})
             self.workers = limits.concurrency
+        # Longer audio is split by the gateway (long audio) into pieces the engine takes, rather than refused.
+        self.capabilities = replace(LOCAL, max_duration_s=self.options.max_audio_seconds)
         self.cpu_threads = self.options.cpu_threads or max(1, (os.cpu_count() or 1) // self.workers)
         self._pool = local_engine.Pool(self.workers)
         if self.options.preload:

@@ -150,6 +150,17 @@ def test_a_failing_cloud_provider_falls_back_to_local(run_gateway: Any, fake_ope
     assert raw.headers["x-bifrost-provider"] == "openai" and len(fake_openai.requests) == 2
 
 
+def test_audio_longer_than_the_engine_takes_is_split_into_pieces(run_gateway: Any) -> None:
+    wav = speech_wav(SENTENCES, gap=1.5)
+    url = run_gateway(config_with(local_config(preload=False, max_audio_seconds=5)))
+    r = post(url, "/v1/audio/transcriptions", wav.read_bytes(), model="local/tiny.en", response_format="verbose_json")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["extra_fields"]["pieces"] >= 2 and overlap(TEXT, body["text"]) >= THRESHOLD
+    starts = [segment["start"] for segment in body["segments"]]
+    assert starts == sorted(starts) and body["duration"] > 5
+
+
 # ------------------------------------------------------------------------------- admission, cancellation
 
 
