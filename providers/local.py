@@ -88,6 +88,7 @@ LOCAL = Capabilities(
     segment_timestamps=True,
     diarization=False,
     max_file_mb=None,  # bounded by max_audio_seconds of decoded audio instead
+    max_duration_s=3600.0,  # LocalOptions.max_audio_seconds' default; longer audio is split into pieces
 )
 
 

@@ -525,8 +525,16 @@ def test_overlay_only_adds_to_upstream_operations(
         theirs["requestBody"]["content"]["multipart/form-data"]["required"].remove("model")
     assert _extends(ours["requestBody"], theirs["requestBody"]), operation_id
     for status, content in theirs["responses"].items():
+        if (operation_id, status) in REPLACED_RESPONSES:
+            continue
         for media, schema in content.items():
             assert _extends(ours["responses"][status][media], schema), (operation_id, status, media)
+
+
+# Responses the overlay replaces on purpose, each with its reason there.
+REPLACED_RESPONSES = {
+    ("getVirtualKeyQuota", "401"): "upstream's {error: string}; every error here is the Bifrost envelope",
+}
 
 
 def _extends(ours: Any, theirs: Any) -> bool:
@@ -545,6 +553,8 @@ def _extends(ours: Any, theirs: Any) -> bool:
             elif key == "type" and isinstance(ours[key], list):  # widened: diarized segment ids are strings
                 if value not in ours[key]:
                     return False
+            elif key == "type" and value == "integer" and ours[key] == "number":
+                continue  # widened: the governance limits take a count sent as 5.0 (number + multipleOf 1, overlay)
             elif not _extends(ours[key], value):
                 return False
         return True
