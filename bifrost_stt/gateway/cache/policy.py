@@ -24,7 +24,6 @@ from typing import Any, Protocol, TypeVar
 
 from bifrost_stt.gateway.cache import codec, key, stats
 from bifrost_stt.gateway.cache.codec import Origin
-from bifrost_stt.gateway.cache.redis_store import RedisStore
 from bifrost_stt.gateway.cache.store import CacheStore, Entry, SQLiteStore
 from bifrost_stt.kernel import record
 from bifrost_stt.kernel.canonical import StreamDone, TranscriptionRequest, TranscriptionResult
@@ -66,6 +65,9 @@ class Hit:
 
 def make_store(config: CacheConfig) -> CacheStore:
     if config.redis is not None:
+        # imported on use: redis-py costs ~10 MB resident, paid only by gateways that share a cache through it
+        from bifrost_stt.gateway.cache.redis_store import RedisStore
+
         return RedisStore(config.redis, config.namespace)
     return SQLiteStore(config.store_path, config.max_size_mb * 1024 * 1024)
 
