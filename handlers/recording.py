@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bifrost_stt.gateway.observe.audio import audio_seconds, file_duration
+from bifrost_stt.kernel.duration import audio_seconds, file_duration
 from bifrost_stt.kernel.canonical import TranscriptionRequest, TranscriptionResult, Usage
 from bifrost_stt.kernel.errors import GatewayError, envelope
 from bifrost_stt.kernel.record import current

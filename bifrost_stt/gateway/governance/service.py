@@ -8,7 +8,7 @@
       limits     the key's budget (402) and rate limit (429 + Retry-After): requests counted now, budget
                  and audio seconds checked now (used >= max refuses) and charged in ``settle``
     settle(result, served)
-      seconds    provider usage, else verbose_json duration, else the file's header (``metering``)
+      seconds    provider usage, else verbose_json duration, else the file itself (``kernel.duration``)
       cost       the price table (``None`` when the price is unknown: charged nothing, reported unknown)
       charge     the budget by the cost, the audio-seconds quota by the seconds; the request record gets
                  the key's id and name, the seconds and the cost
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bifrost_stt.gateway.governance import decide, durations, metering
+from bifrost_stt.gateway.governance import decide, durations
 from bifrost_stt.gateway.governance.configstore import ConfigStore, Snapshot
 from bifrost_stt.gateway.governance.counters import (
     Counters,
@@ -52,6 +52,7 @@ from bifrost_stt.kernel import record as records
 from bifrost_stt.kernel.canonical import StreamDone, StreamEvent, TranscriptionRequest, TranscriptionResult, Usage
 from bifrost_stt.kernel.errors import Overloaded
 from bifrost_stt.kernel.governance import GovernanceConfig, VirtualKeyConfig
+from bifrost_stt.kernel.duration import audio_seconds, file_duration
 
 log = logging.getLogger("bifrost_stt.governance")
 
@@ -85,7 +86,7 @@ class Ticket:
             return None
         self.settled = True
         gov = self.governance
-        seconds = metering.measure(result, self.file_seconds)
+        seconds = audio_seconds(result, file_seconds=self.file_seconds)
         if usage is None and result is not None:
             usage = result.usage
         if usage is not None and usage.seconds and (result is None or result.usage is None):
@@ -357,7 +358,7 @@ class Governance:
 
 
 def _file_seconds(request: TranscriptionRequest) -> float | None:
-    return metering.file_seconds(request.audio)
+    return file_duration(request.audio)
 
 
 def models_of(served_model: str, deployment: str) -> tuple[str, ...]:

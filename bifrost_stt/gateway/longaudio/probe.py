@@ -8,7 +8,6 @@ Every function here blocks: callers run them in a worker thread.
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -16,8 +15,6 @@ from typing import Any
 
 import av
 import numpy as np
-
-from bifrost_stt.kernel.canonical import AudioSource, BytesAudio, FileAudio
 
 RATE = 16000  # what speech models decode at (Whisper resamples everything to 16 kHz mono)
 SAMPLE_BYTES = 2  # s16
@@ -29,43 +26,6 @@ class Undecodable(Exception):
 
 class TooLong(Exception):
     """The audio decodes to more than the gateway takes (``long_audio.max_audio_seconds``)."""
-
-
-class _PreadFile(io.RawIOBase):
-    """A read-only, seekable file object over a spooled upload's descriptor; never moves the shared offset."""
-
-    def __init__(self, fd: int, size: int) -> None:
-        self._fd, self._size, self._pos = fd, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = os.pread(self._fd, min(len(view), max(0, self._size - self._pos)), self._pos)
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-
-def readable(audio: AudioSource) -> io.RawIOBase | io.BytesIO | None:
-    """A blocking file object over ``audio`` when it is held in a way that allows one (both of ours)."""
-    if isinstance(audio, FileAudio):
-        return _PreadFile(audio.fd, audio.size)
-    if isinstance(audio, BytesAudio):
-        return io.BytesIO(audio.data)
-    return None
 
 
 def _open(source: Any) -> Any:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from bifrost_stt.gateway.longaudio.piece import Piece
 from bifrost_stt.gateway.longaudio.stitch import join_text, stitch, sum_usage
 from bifrost_stt.kernel import progress, record
+from bifrost_stt.kernel.duration import readable
 from bifrost_stt.kernel.capabilities import Capabilities
 from bifrost_stt.kernel.canonical import (
     DIARIZED_FORMAT,
@@ -112,7 +113,7 @@ class LongAudio:
             return None  # an AudioSource we cannot read blocking: sent whole, the provider decides
         from bifrost_stt.gateway.longaudio import probe  # PyAV: loaded by the first request that needs it
 
-        source = probe.readable(audio)
+        source = readable(audio)
         if not too_big:
             try:
                 seconds = await self.run(probe.duration, source)
@@ -121,7 +122,7 @@ class LongAudio:
             assert primary.max_seconds is not None
             if seconds is not None and seconds <= primary.max_seconds:
                 return None
-            source = probe.readable(audio)
+            source = readable(audio)
         try:
             pcm = await self.run(probe.decode, source, self.spool_dir, self.config.max_audio_seconds)
         except probe.TooLong:

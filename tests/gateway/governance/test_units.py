@@ -11,7 +11,8 @@ import pytest
 
 from bifrost_stt.gateway.config.load import from_document
 from bifrost_stt.gateway.config.schema import ConfigError
-from bifrost_stt.gateway.governance import decide, durations, metering
+from bifrost_stt.gateway.governance import decide, durations
+from bifrost_stt.kernel.duration import audio_seconds, file_duration
 from bifrost_stt.gateway.governance.pricing import PriceTable
 from bifrost_stt.gateway.governance.service import Governance, Ticket
 from bifrost_stt.kernel import record as records
@@ -38,18 +39,18 @@ def test_windows_are_aligned_and_calendar_ones_follow_the_calendar() -> None:
 
 
 def test_wav_duration_from_the_header() -> None:
-    assert metering.file_seconds(BytesAudio(wav_bytes(3.0, rate=8000))) == pytest.approx(3.0)
-    assert metering.file_seconds(BytesAudio(wav_bytes(1.5, rate=16000))) == pytest.approx(1.5)
-    assert metering.file_seconds(BytesAudio(b"ID3\x04" + bytes(100))) is None  # mp3: not read here
-    assert metering.file_seconds(BytesAudio(b"RIFF\x00\x00")) is None
+    assert file_duration(BytesAudio(wav_bytes(3.0, rate=8000))) == pytest.approx(3.0)
+    assert file_duration(BytesAudio(wav_bytes(1.5, rate=16000))) == pytest.approx(1.5)
+    assert file_duration(BytesAudio(b"ID3\x04" + bytes(100))) is None  # not audio PyAV can read
+    assert file_duration(BytesAudio(b"RIFF\x00\x00")) is None
 
 
 def test_audio_seconds_prefer_usage_then_duration_then_file() -> None:
     with_usage = TranscriptionResult(text="x", duration=9.0, usage=Usage(type="duration", seconds=4))
-    assert metering.measure(with_usage, 3.0) == 4.0
-    assert metering.measure(TranscriptionResult(text="x", duration=9.0), 3.0) == 9.0
-    assert metering.measure(TranscriptionResult(text="x"), 3.0) == 3.0
-    assert metering.measure(TranscriptionResult(text="x"), None) is None
+    assert audio_seconds(with_usage, file_seconds=3.0) == 4.0
+    assert audio_seconds(TranscriptionResult(text="x", duration=9.0), file_seconds=3.0) == 9.0
+    assert audio_seconds(TranscriptionResult(text="x"), file_seconds=3.0) == 3.0
+    assert audio_seconds(TranscriptionResult(text="x"), file_seconds=None) is None
 
 
 def test_prices_unknown_is_none_never_zero() -> None:

@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-from bifrost_stt.gateway.observe.audio import audio_seconds, file_duration, wav_duration
+from bifrost_stt.kernel.duration import audio_seconds, file_duration, wav_duration
 from bifrost_stt.gateway.observe.metrics import ERROR_TYPES, error_type
 from bifrost_stt.kernel.canonical import BytesAudio, FileAudio, TranscriptionResult, Usage
 from tests.audio import wav_bytes

@@ -1,8 +1,9 @@
-"""How many seconds of audio one request carried, for every response format (metering and billing).
+"""How many seconds of audio a request carried: the one meter behind metrics, request logs and billing.
 
 In order of trust: the provider's own usage (``Usage.seconds``), the duration a rich answer reports
 (verbose_json), then the file itself: a WAV header is read directly; other containers through PyAV when it
-is installed (``av``). ``None`` means unknown, never zero. Governance reuses ``audio_seconds`` for billing.
+is installed (``av``, imported on use). ``None`` means unknown, never zero. ``PreadFile`` / ``readable``
+give decoders a file object over a spooled upload without moving its shared offset.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import os
 import struct
 from typing import Any
 
-from bifrost_stt.kernel.canonical import AudioSource, TranscriptionResult, Usage
+from bifrost_stt.kernel.canonical import AudioSource, BytesAudio, FileAudio, TranscriptionResult, Usage
 
-log = logging.getLogger("bifrost_stt.observe")
+log = logging.getLogger("bifrost_stt.duration")
+
+HEADER_BYTES = 4096  # enough for a WAV's fmt and data chunk headers, LIST chunks included
 
 
 def audio_seconds(
@@ -31,9 +34,9 @@ def audio_seconds(
     released); otherwise ``audio`` is read when the provider said nothing.
     """
     usage = usage or (result.usage if result is not None else None)
-    if usage is not None and usage.seconds:
+    if usage is not None and usage.seconds is not None and usage.seconds > 0:
         return float(usage.seconds)
-    if result is not None and result.duration:
+    if result is not None and result.duration is not None and result.duration > 0:
         return float(result.duration)
     if file_seconds is not None:
         return file_seconds
@@ -43,7 +46,7 @@ def audio_seconds(
 def file_duration(audio: AudioSource) -> float | None:
     """The file's length from its own header (WAV) or decoder (PyAV); ``None`` when neither can tell."""
     try:
-        seconds = wav_duration(audio.head, audio.size)
+        seconds = wav_duration(_header(audio), audio.size)
         if seconds is not None:
             return seconds
         return _av_duration(audio)
@@ -68,13 +71,13 @@ def wav_duration(head: bytes, size: int) -> float | None:
             data = length if 0 < length <= available else available
             return data / byte_rate if byte_rate else None
         offset = body + length + (length & 1)
-    if byte_rate:  # the data chunk starts beyond the sniffed head: assume the canonical 44-byte header
+    if byte_rate:  # the data chunk starts beyond the head read: assume the canonical 44-byte header
         return max(0, size - 44) / byte_rate
     return None
 
 
-class _PreadFile(io.RawIOBase):
-    """A spooled upload read by offset (``FileAudio``), as the seekable file object PyAV wants."""
+class PreadFile(io.RawIOBase):
+    """A read-only, seekable file object over a spooled upload's descriptor; never moves the shared offset."""
 
     def __init__(self, fd: int, size: int) -> None:
         self._fd, self._size, self._pos = fd, size, 0
@@ -85,19 +88,37 @@ class _PreadFile(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = os.pread(self._fd, min(len(view), max(0, self._size - self._pos)), self._pos)
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
         self._pos = max(0, base + offset)
         return self._pos
 
     def tell(self) -> int:
         return self._pos
 
-    def readinto(self, buffer: Any) -> int:
-        data = os.pread(self._fd, len(buffer), self._pos)
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+
+def readable(audio: AudioSource) -> io.RawIOBase | io.BytesIO | None:
+    """A blocking file object over ``audio`` when it is held in a way that allows one (both of ours)."""
+    if isinstance(audio, FileAudio):
+        return PreadFile(audio.fd, audio.size)
+    if isinstance(audio, BytesAudio):
+        return io.BytesIO(audio.data)
+    return None
+
+
+def _header(audio: AudioSource) -> bytes:
+    if isinstance(audio, BytesAudio):
+        return bytes(audio.data[:HEADER_BYTES])
+    if isinstance(audio, FileAudio):
+        return os.pread(audio.fd, HEADER_BYTES, 0)
+    return audio.head
 
 
 def _av_duration(audio: AudioSource) -> float | None:
@@ -105,14 +126,10 @@ def _av_duration(audio: AudioSource) -> float | None:
         import av  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
-    data, fd = getattr(audio, "data", None), getattr(audio, "fd", None)
-    if isinstance(data, bytes | bytearray):
-        source: Any = io.BytesIO(data)
-    elif isinstance(fd, int):
-        source = io.BufferedReader(_PreadFile(fd, audio.size))
-    else:
+    source = readable(audio)
+    if source is None:
         return None
-    with av.open(source, mode="r") as container:
+    with av.open(io.BufferedReader(source) if isinstance(source, PreadFile) else source, mode="r") as container:
         if container.duration:
             return float(container.duration) / 1_000_000  # av.time_base
         stream = next(iter(container.streams.audio), None)
