@@ -49,7 +49,7 @@ from bifrost_stt.gateway.governance.errors import (
 )
 from bifrost_stt.gateway.governance.pricing import PriceTable
 from bifrost_stt.kernel import record as records
-from bifrost_stt.kernel.canonical import StreamDone, StreamEvent, TranscriptionRequest, TranscriptionResult, Usage
+from bifrost_stt.kernel.canonical import AudioSource, StreamDone, StreamEvent, TranscriptionRequest, TranscriptionResult, Usage
 from bifrost_stt.kernel.errors import Overloaded
 from bifrost_stt.kernel.governance import GovernanceConfig, VirtualKeyConfig
 from bifrost_stt.kernel.duration import audio_seconds, file_duration
@@ -74,10 +74,18 @@ class Ticket:
 
     governance: Governance
     vk: VirtualKeyConfig | None
-    file_seconds: float | None
+    file_seconds: float | None  # the upload's own length, when known
     budget_keys: list[tuple[str, float]] = field(default_factory=list)  # (counter key, window end)
     audio_keys: list[tuple[str, float]] = field(default_factory=list)
     settled: bool = False
+    audio: AudioSource | None = None  # read for its length once, and only when needed (``file_length``)
+
+    def file_length(self) -> float | None:
+        """The upload's own length: most answers carry their duration, so the file is read only when asked."""
+        if self.file_seconds is None and self.audio is not None:
+            self.file_seconds = file_duration(self.audio)
+        self.audio = None
+        return self.file_seconds
 
     async def settle(self, result: TranscriptionResult | None, provider: str, models: tuple[str, ...],
                      usage: Usage | None = None) -> float | None:
@@ -86,7 +94,7 @@ class Ticket:
             return None
         self.settled = True
         gov = self.governance
-        seconds = audio_seconds(result, file_seconds=self.file_seconds)
+        seconds = audio_seconds(result) or self.file_length()
         if usage is None and result is not None:
             usage = result.usage
         if usage is not None and usage.seconds and (result is None or result.usage is None):
@@ -255,7 +263,7 @@ class Governance:
         if value is None:
             if self.config.enforce:
                 raise VirtualKeyRequired()
-            return request, Ticket(self, None, _file_seconds(request))
+            return request, _ticket(self, None, request)
         snap = self.snapshot
         vk = snap.by_value.get(value)
         if vk is None:
@@ -272,7 +280,7 @@ class Governance:
         rec = records.current()
         if rec is not None:
             rec.virtual_key_id, rec.virtual_key_name = vk.id, vk.name
-        ticket = Ticket(self, vk, _file_seconds(request))
+        ticket = _ticket(self, vk, request)
         limits, labels = self._limits(vk, request.provider, ticket)
         if limits:
             await self._check(limits, labels, vk)
@@ -357,8 +365,11 @@ class Governance:
             raise GovernanceUnavailable() from None
 
 
-def _file_seconds(request: TranscriptionRequest) -> float | None:
-    return file_duration(request.audio)
+def _ticket(governance: Governance, vk: VirtualKeyConfig | None, request: TranscriptionRequest) -> Ticket:
+    ticket = Ticket(governance, vk, None, audio=request.audio)
+    if request.stream:
+        ticket.file_length()  # a stream lets go of its upload before it ends: read the length now
+    return ticket
 
 
 def models_of(served_model: str, deployment: str) -> tuple[str, ...]:
