@@ -4,7 +4,7 @@ Layers, lowest first: dataclass defaults → the file (or, without a file, ``<KI
 ``BIFROST_STT_HOST`` / ``_PORT`` / ``_MAX_BODY_MB`` → command-line overrides (``apply_overrides``).
 
 A file (or an environment) that configures no provider gets the local engine when it is installed
-(``IMPLICIT_KINDS``). An upstream user's config.json loads unchanged: sections that do not concern transcription are listed in
+(a kind whose ConfigSpec has ``installed``). An upstream user's config.json loads unchanged: sections that do not concern transcription are listed in
 ``ignored_sections``, settings we accept but cannot honour in ``unsupported_fields`` (the CLI logs both once).
 Every mistake is a ``ConfigError`` naming its dotted path; no message ever contains a key's value.
 The file's shape lives in ``bifrost_stt.gateway.config.schema`` as tables; this module only turns checked values into
@@ -59,9 +59,6 @@ __all__ = [
 CONFIG_ENV = "BIFROST_STT_CONFIG"  # the config path handed from `bifrost-stt serve` to its workers
 OVERRIDES_ENV = "BIFROST_STT_OVERRIDES"  # JSON of the command-line overrides, ditto
 
-# Engines that need no configuration at all: added when installed (their ConfigSpec's ``installed``) and
-# nothing else is configured, or (``beside``) next to providers configured from the environment.
-IMPLICIT_KINDS = ("local",)
 
 # BIFROST_STT_* variable → (section, field, is an integer), applied over the file or the zero-config.
 SERVER_ENV: Mapping[str, tuple[str, str, bool]] = {
@@ -257,18 +254,24 @@ def _own_settings(spec: ConfigSpec, fields: Mapping[str, Any], path: str) -> tup
 
 
 def _implicit(known: frozenset[str], *, beside: bool) -> dict[str, ProviderConfig]:
-    """The kinds of IMPLICIT_KINDS that are installed: alone (nothing else is configured), or ``beside``
-    providers from the environment when their ConfigSpec allows it, with its ``beside`` section."""
+    """Engines that need no configuration (their ConfigSpec has ``installed``) and are installed: alone
+    (nothing else is configured), or ``beside`` providers from the environment when their spec allows it,
+    with its ``beside`` section."""
     out: dict[str, ProviderConfig] = {}
-    for kind in IMPLICIT_KINDS:
-        spec = _spec(kind) if kind in known else None
-        if spec is None or spec.installed is None or not spec.installed() or (beside and spec.beside is None):
+    for kind in _implicit_kinds(known):
+        spec = _spec(kind)
+        if spec.installed is None or not spec.installed() or (beside and spec.beside is None):
             continue
         path = f"providers.{kind}"
         fields = read_section(dict(spec.beside or {}) if beside else {}, path, spec.fields, Context(env={}))
         options, limits = _own_settings(spec, fields, path)
         out[kind] = ProviderConfig(id=kind, kind=kind, is_key_less=True, concurrency=limits, options=options)
     return out
+
+
+def _implicit_kinds(known: frozenset[str]) -> list[str]:
+    """The kinds whose ConfigSpec says they need no configuration at all (``installed``)."""
+    return [kind for kind in sorted(known) if _spec(kind).installed is not None]
 
 
 def _key(raw: Any, path: str, kind: str, ctx: Context, version: int) -> KeyConfig:
@@ -322,10 +325,11 @@ def _network(fields: dict[str, Any], path: str) -> NetworkConfig:
 def from_environment(env: Mapping[str, str], known_kinds: frozenset[str]) -> GatewayConfig:
     """Zero-config: one provider per known kind whose key variable is set (``<KIND>_API_KEY`` unless the kind
     declares another), or, for kinds that need no key, whose base URL variable is set; and the installed
-    engines of ``IMPLICIT_KINDS`` (the local engine: alone when nothing else is set, else beside)."""
+    engines that need no configuration (the local engine: alone when nothing else is set, else beside)."""
     providers: dict[str, ProviderConfig] = {}
+    implicit = _implicit_kinds(known_kinds)
     for kind in sorted(known_kinds):
-        if kind in IMPLICIT_KINDS:
+        if kind in implicit:
             continue
         built = _from_env(kind, env)
         if built is not None:
