@@ -40,13 +40,15 @@ from bifrost_stt.kernel.canonical import Segment, TranscriptionRequest, Transcri
 from bifrost_stt.kernel.languages import language_of
 from bifrost_stt.kernel.errors import ClientError, UpstreamError, UpstreamUnavailable, scrub
 from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig
-from bifrost_stt.kernel.capabilities import Attempt, Capabilities
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities, Price, per_minute
 from bifrost_stt.providers.http import parse_json, sized_chunks, upload_filename
 from bifrost_stt.providers.wire import fetch, key_secrets
 
 DEFAULT_BASE_URL = "https://api.deepgram.com"
 PATH = "/v1/listen"
 DEFAULT_LANGUAGE = "en"  # what Deepgram transcribes in when neither language nor detection is asked for
+PRICES = {"nova-3": Price(per_second=per_minute(0.0043)), "nova-2": Price(per_second=per_minute(0.0043))}  # USD, late 2025
+
 CAPABILITIES = Capabilities(
     native_formats=frozenset({"json", "verbose_json"}),  # words and utterances map onto verbose_json
     native_stream=False,

@@ -48,12 +48,17 @@ from bifrost_stt.kernel.canonical import (
 from bifrost_stt.kernel.languages import language_of
 from bifrost_stt.kernel.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
 from bifrost_stt.kernel.settings import ProviderConfig
-from bifrost_stt.kernel.capabilities import Attempt, Capabilities
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities, Price, per_minute
 from bifrost_stt.providers.http import multipart_body, parse_json, upload_filename
 from bifrost_stt.providers.wire import event_json, fetch, open_events
 
 DEFAULT_BASE_URL = "https://api.mistral.ai"
 PATH = "/v1/audio/transcriptions"
+MISTRAL_PRICES = {  # USD, late 2025
+    "voxtral-mini-latest": Price(per_second=per_minute(0.001)),
+    "voxtral-mini-2507": Price(per_second=per_minute(0.001)),
+}
+
 MISTRAL = Capabilities(
     native_formats=frozenset({"json", "text", "verbose_json"}),
     native_stream=True,

@@ -38,7 +38,7 @@ from bifrost_stt.kernel.canonical import (
 from bifrost_stt.kernel.languages import language_of
 from bifrost_stt.kernel.errors import ClientError, GatewayError, UpstreamError, UpstreamUnavailable
 from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig
-from bifrost_stt.kernel.capabilities import Attempt, Capabilities, ConfigSpec, KeySection, StreamItem
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities, ConfigSpec, KeySection, Price, per_hour, per_minute, StreamItem
 from bifrost_stt.kernel.fields import Field, string, strings
 from bifrost_stt.providers.http import multipart_body, parse_json, upload_filename
 from bifrost_stt.providers.wire import Whole, event_json, fetch, open_answer
@@ -370,6 +370,18 @@ OPENAI = Vendor(
     streams=not_whisper,  # gpt-4o(-mini)-transcribe and newer models stream; an answer in JSON is streamed by us
     model_capabilities=_openai_model_capabilities,
 )
+
+# List prices (USD, late 2025; each provider's pricing page); governance's price table reads them.
+OPENAI_PRICES = {
+    "whisper-1": Price(per_second=per_minute(0.006)),
+    "gpt-4o-transcribe": Price(per_second=per_minute(0.006), per_audio_token=6.0e-6, per_output_token=10.0e-6),
+    "gpt-4o-mini-transcribe": Price(per_second=per_minute(0.003), per_audio_token=3.0e-6, per_output_token=5.0e-6),
+}
+GROQ_PRICES = {
+    "whisper-large-v3": Price(per_second=per_hour(0.111)),
+    "whisper-large-v3-turbo": Price(per_second=per_hour(0.04)),
+    "distil-whisper-large-v3-en": Price(per_second=per_hour(0.02)),
+}
 
 GROQ = Vendor(
     default_base_url="https://api.groq.com/openai",

@@ -23,7 +23,7 @@ import httpx
 from bifrost_stt.kernel.canonical import TranscriptionRequest, TranscriptionResult
 from bifrost_stt.kernel.errors import GatewayError
 from bifrost_stt.kernel.settings import KeyConfig, ProviderConfig
-from bifrost_stt.kernel.capabilities import Attempt, Capabilities, ConfigSpec, KeySection
+from bifrost_stt.kernel.capabilities import Attempt, Capabilities, ConfigSpec, KeySection, Price, per_minute
 from bifrost_stt.kernel.fields import Field, string
 from bifrost_stt.providers.openai_compat import ALL_FORMATS, OpenAICompatible, Vendor, bearer, join_url
 
@@ -77,6 +77,11 @@ VLLM = Vendor(
         max_duration_s=30.0,  # Whisper's one model pass; longer clips are split by the gateway
     ),
 )
+
+FIREWORKS_PRICES = {  # USD, late 2025
+    "whisper-v3": Price(per_second=per_minute(0.0015)),
+    "whisper-v3-turbo": Price(per_second=per_minute(0.0009)),
+}
 
 FIREWORKS = Vendor(
     default_base_url=None,  # chosen per model by fireworks_url

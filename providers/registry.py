@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 import httpx
 
-from bifrost_stt.kernel.capabilities import Capabilities, ConfigSpec, Transcriber
+from bifrost_stt.kernel.capabilities import Capabilities, ConfigSpec, Price, Transcriber
 from bifrost_stt.kernel.settings import ProviderConfig
 
 Factory = Callable[[ProviderConfig, httpx.AsyncClient], object]
@@ -108,6 +108,14 @@ def config_spec(kind: str) -> ConfigSpec:
         return ConfigSpec()
     value = _declared(kind, "_CONFIG")
     return value if isinstance(value, ConfigSpec) else ConfigSpec()
+
+
+def prices(kind: str) -> Mapping[str, Price]:
+    """``kind``'s list prices by model (``<KIND>_PRICES`` in its module); none when it declares none."""
+    if kind not in PROVIDERS:
+        return {}
+    value = _declared(kind, "_PRICES")
+    return value if isinstance(value, Mapping) else {}
 
 
 def key_section_owners() -> Mapping[str, str]:

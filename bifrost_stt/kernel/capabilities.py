@@ -34,6 +34,23 @@ class Capabilities:
 
 
 @dataclass(frozen=True, slots=True)
+class Price:
+    """A model's list price in USD: per audio second, and per token for models billed by tokens."""
+
+    per_second: float | None = None
+    per_audio_token: float | None = None
+    per_output_token: float | None = None
+
+
+def per_minute(usd: float) -> float:
+    return usd / 60.0
+
+
+def per_hour(usd: float) -> float:
+    return usd / 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class KeySection:
     """A vendor section inside a key (``azure_key_config``): its fields, and whether every key needs one."""
 

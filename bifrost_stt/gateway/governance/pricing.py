@@ -1,6 +1,7 @@
 """The price table: what one transcription cost, from its audio seconds (or audio tokens) and the model.
 
-Defaults are the providers' published list prices for their transcription models (USD, late 2025); a
+Defaults are the providers' published list prices (USD, late 2025), declared by each provider module
+next to its capabilities (``<KIND>_PRICES``); a
 ``governance.pricing`` row in the config overrides a default or adds a model (a provider id or kind, a model
 or deployment name, or ``*`` for every model of the provider). A model with no price has an unknown cost:
 ``cost()`` returns ``None``, never 0, so a missing price never passes for a free call. Models billed by
@@ -11,48 +12,21 @@ else their per-second equivalent.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-
 from bifrost_stt.kernel.canonical import Usage
+from bifrost_stt.kernel.capabilities import Price
 from bifrost_stt.kernel.governance import PriceConfig
 
 
-@dataclass(frozen=True, slots=True)
-class Price:
-    per_second: float | None = None
-    per_audio_token: float | None = None
-    per_output_token: float | None = None
+def default_prices() -> dict[tuple[str, str], Price]:
+    """(provider kind, model) -> price, as each provider module declares them (``<KIND>_PRICES``)."""
+    from bifrost_stt.providers import registry  # imported on use: the registry imports provider modules
 
-
-def _minute(usd: float) -> float:
-    return usd / 60.0
-
-
-def _hour(usd: float) -> float:
-    return usd / 3600.0
-
-
-# (provider kind, model) -> price. Sources: each provider's pricing page.
-DEFAULTS: dict[tuple[str, str], Price] = {
-    ("openai", "whisper-1"): Price(per_second=_minute(0.006)),
-    ("openai", "gpt-4o-transcribe"): Price(per_second=_minute(0.006), per_audio_token=6.0e-6, per_output_token=10.0e-6),
-    ("openai", "gpt-4o-mini-transcribe"): Price(per_second=_minute(0.003), per_audio_token=3.0e-6,
-                                               per_output_token=5.0e-6),
-    ("groq", "whisper-large-v3"): Price(per_second=_hour(0.111)),
-    ("groq", "whisper-large-v3-turbo"): Price(per_second=_hour(0.04)),
-    ("groq", "distil-whisper-large-v3-en"): Price(per_second=_hour(0.02)),
-    ("deepgram", "nova-3"): Price(per_second=_minute(0.0043)),
-    ("deepgram", "nova-2"): Price(per_second=_minute(0.0043)),
-    ("mistral", "voxtral-mini-latest"): Price(per_second=_minute(0.001)),
-    ("mistral", "voxtral-mini-2507"): Price(per_second=_minute(0.001)),
-    ("fireworks", "whisper-v3"): Price(per_second=_minute(0.0015)),
-    ("fireworks", "whisper-v3-turbo"): Price(per_second=_minute(0.0009)),
-}
+    return {(kind, model): price for kind in sorted(registry.known()) for model, price in registry.prices(kind).items()}
 
 
 class PriceTable:
     def __init__(self, overrides: Iterable[PriceConfig] = ()) -> None:
-        self._prices = dict(DEFAULTS)
+        self._prices = default_prices()
         for row in overrides:
             self._prices[(row.provider, row.model)] = Price(
                 per_second=row.input_cost_per_audio_per_second,
